@@ -1,0 +1,140 @@
+"""The ``rnnshrink`` command line: parse, call the library, print.
+
+Only this module imports click; it turns the library's :class:`~rnnshrink.errors.RnnshrinkError`
+into one ``Error:`` line and exit status 1.
+"""
+
+import functools
+import json
+
+import click
+
+from . import __version__, api, io
+from .errors import OptionError, RnnshrinkError
+from .pipeline import parse_step, read_recipe
+from .report import format_compression, format_table, summarize
+
+
+def _library_errors(command):
+    """Turn the library's own exceptions into one clean ``Error:`` line."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except RnnshrinkError as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper
+
+
+def read_options(command):
+    """Options every command that reads a checkpoint shares."""
+    command = click.option(
+        "--recurrent-activation",
+        type=click.Choice(["sigmoid", "hard_sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3"]),
+        help="Gate activation for Keras weights-only files, which do not record it "
+        "(default: by keras_version, see README).",
+    )(command)
+    command = click.option(
+        "--allow-nonfinite",
+        is_flag=True,
+        help="Read LSTM weights holding NaN or Inf instead of refusing the file.",
+    )(command)
+    return command
+
+
+def _read_options(recurrent_activation, allow_nonfinite):
+    options = {"allow_nonfinite": allow_nonfinite}
+    if recurrent_activation:
+        options["recurrent_activation"] = recurrent_activation
+    return options
+
+
+def _progress(description, total):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="matrix", leave=False, disable=None)
+
+
+def _echo_json(data):
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rnnshrink")
+def cli():
+    """Make trained LSTM networks small and fast without retraining."""
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in docs/report.md).")
+@click.option("--compare", "original", type=click.Path(dir_okay=False),
+              help="Also measure MODEL's output error against this original checkpoint.")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Inputs of the first LSTM (.npy, shape (N, T, D)) for --compare.")
+@read_options
+@_library_errors
+def report(model_path, as_json, original, calib, recurrent_activation, allow_nonfinite):
+    """Show the LSTM layers of MODEL, their sizes and per-step cost.
+
+    Example: rnnshrink report fixtures/charlm.pt --json
+    """
+    options = _read_options(recurrent_activation, allow_nonfinite)
+    summary = summarize(io.read(model_path, **options))
+    comparison = api.compare_files(model_path, original, calib, options) if original else None
+    if as_json:
+        _echo_json({**summary, "compare": comparison} if comparison else summary)
+        return
+    click.echo(format_table(summary))
+    if comparison:
+        click.echo("\n" + format_compression(comparison))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("-t", "--transform", "transforms", multiple=True, metavar="NAME:K=V,...",
+              help="A transform step, e.g. svd:tau=0.6 or quant:bits=4,group=64; repeat to chain "
+              "(applied in order). Names: svd, lowrank, iss, prune, quant.")
+@click.option("--tau", type=float,
+              help="Shortcut for -t svd:tau=TAU (fraction of energy kept), applied before -t steps.")
+@click.option("--recipe", type=click.Path(dir_okay=False),
+              help="TOML file of [[transform]] tables, applied before any -t steps.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output file (default MODEL.rnnshrink.h5, or MODEL.compressed.EXT with --format same).")
+@click.option("--format", "output_format", type=click.Choice(api.OUTPUT_FORMATS), default="rnnshrink",
+              show_default=True,
+              help="rnnshrink: the compressed representations; same: a drop-in checkpoint in the "
+              "input's format with the LSTM weights replaced by their compressed values.")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Inputs of the first LSTM (.npy, shape (N, T, D)) for the fidelity figures.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@read_options
+@_library_errors
+def compress(model_path, transforms, tau, recipe, output, output_format, calib, force, as_json,
+             recurrent_activation, allow_nonfinite):
+    """Compress the LSTM layers of MODEL and write the smaller model.
+
+    Examples: rnnshrink compress model.h5 --tau 0.1;
+    rnnshrink compress model.pt -t svd:tau=0.6 -t quant:bits=4,group=64 -o small.h5
+    """
+    steps = read_recipe(recipe) if recipe else []
+    if tau is not None:
+        steps.append(parse_step(f"svd:tau={tau}"))
+    steps += [parse_step(text) for text in transforms]
+    if not steps:
+        raise OptionError("no transform given: use --tau, -t NAME:K=V or --recipe")
+    summary = api.compress_file(model_path, steps, output, output_format, calib, force,
+                                None if as_json else _progress,
+                                _read_options(recurrent_activation, allow_nonfinite))
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(format_compression(summary))
+        click.echo(f"wrote {summary['output']}")
+
+
+def main():
+    cli(prog_name="rnnshrink")

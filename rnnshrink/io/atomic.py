@@ -1,0 +1,45 @@
+"""Atomic output: write to a temporary file beside the target, rename into place on success.
+
+An error or an interrupt leaves no partial file, and an existing output stays as it was until
+the new one is complete.
+"""
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import OptionError
+
+
+def check_output_path(output, inputs=(), force=False):
+    """Refuse to write over an input file, or over an existing file without ``force``."""
+    output = Path(output)
+    for source in inputs:
+        if Path(source).exists() and output.exists() and os.path.samefile(output, source):
+            raise OptionError(f"{output}: refusing to overwrite the input file")
+    if output.exists() and not force:
+        raise OptionError(f"{output}: already exists (pass --force to replace it)")
+    if not output.parent.exists():
+        raise OptionError(f"{output}: folder {output.parent} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_path(output):
+    """Yield a temporary path in the output's folder; rename it to ``output`` on success.
+
+    Examples
+    --------
+    >>> with atomic_path("small.h5") as tmp:          # doctest: +SKIP
+    ...     write_file(tmp)
+    """
+    output = Path(output)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

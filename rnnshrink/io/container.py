@@ -1,0 +1,306 @@
+"""The rnnshrink container: one HDF5 file holding a compressed model as its representations.
+
+The normative spec is ``docs/format.md`` (format version 1). In short::
+
+    /                     attrs: rnnshrink_format = 1, rnnshrink_version, source_format,
+                                 source_file, source_sha256, source_producer, topology,
+                                 recipe (JSON list of steps), notes (JSON), summary (JSON)
+    /layers/NNNN          one group per layer, in model order; attrs kind, name, inputs (JSON)
+        lstm:   attrs activations (JSON), clip, reverse_only;
+                d0/, d1/  per direction: W/, R/, proj/ (weight groups), b (the folded bias at
+                          the precision it was computed in), attrs bias_terms, bias_dtype
+        dense:  W/ (weight group), b;   embedding: table;   other: nothing more
+        source/           the layer's source mapping (arrays as datasets, the rest JSON attrs)
+    /tensors/NNNNNN       pass-through tensors, attrs name, dtype (bfloat16 kept as uint16 bits)
+
+A weight group has attr ``kind`` and holds exactly the bytes its weight object counts:
+``dense`` values at the stored dtype; ``lowrank`` subgroups U, V; ``sparse`` values plus the
+index (``indptr`` int32 + ``indices`` uint8/16/32, or ``bitmask`` packed bits); ``quantized``
+``codes`` packed ``bits`` wide (code + 2^(bits-1), little bit order within bytes, row-major),
+``steps`` float16, and the index of its ``mask`` when pruned.
+"""
+
+import hashlib
+import json
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError
+from ..model import (
+    Activation,
+    Dense,
+    DenseLayer,
+    EmbeddingLayer,
+    LSTMDirection,
+    LSTMLayer,
+    Model,
+    OtherLayer,
+    Tensor,
+)
+from ..model.weights import (
+    LowRank,
+    Quantized,
+    Sparse,
+    from_bfloat16_bits,
+    index_encoding,
+    to_bfloat16_bits,
+)
+from .atomic import atomic_path
+
+FORMAT_VERSION = 1
+_WIDTHS = {1: np.uint8, 2: np.uint16, 4: np.uint32}
+
+
+def is_container(path):
+    """Whether ``path`` is an HDF5 file written by :func:`write`."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "rnnshrink_format" in f.attrs
+    except OSError:
+        return False
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write(model, output, recipe=(), summary=None, source_sha256=""):
+    """Write ``model`` to ``output`` atomically in container format version 1.
+
+    Parameters
+    ----------
+    model : Model
+    output : str or os.PathLike
+    recipe : list of str
+        The steps that made it, e.g. ``["svd:tau=0.6", "quant:bits=4"]``.
+    summary : dict, optional
+        The compress summary, stored as JSON.
+    source_sha256 : str
+        Hash of the file the model was read from.
+    """
+    with atomic_path(output) as temporary, h5py.File(temporary, "w") as f:
+        attrs = {
+            "rnnshrink_format": FORMAT_VERSION,
+            "rnnshrink_version": __version__,
+            "source_format": model.meta.get("source_format", model.format),
+            "source_file": model.meta.get("source_file", model.path),
+            "source_sha256": source_sha256,
+            "source_producer": model.producer,
+            "topology": model.topology,
+            "recipe": json.dumps(list(recipe)),
+            "notes": json.dumps(model.notes),
+            "summary": json.dumps(summary or {}),
+        }
+        f.attrs.update(attrs)
+        layers = f.create_group("layers")
+        for index, layer in enumerate(model.layers):
+            _write_layer(layers.create_group(f"{index:04d}"), layer)
+        tensors = f.create_group("tensors")
+        for index, tensor in enumerate(model.tensors.values()):
+            dataset = tensors.create_dataset(f"{index:06d}", data=tensor.data)
+            dataset.attrs.update({"name": tensor.name, "dtype": tensor.dtype})
+
+
+def read(path, **options):
+    """Read a container file back into a :class:`Model` (format ``"rnnshrink"``)."""
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs["rnnshrink_format"])
+            if version != FORMAT_VERSION:
+                raise InputError(path, f"rnnshrink format version {version} is not supported "
+                                 f"(this rnnshrink reads version {FORMAT_VERSION})")
+            layers = [_read_layer(f["layers"][key]) for key in sorted(f["layers"])]
+            tensors = {}
+            for key in sorted(f["tensors"]):
+                dataset = f["tensors"][key]
+                name = str(dataset.attrs["name"])
+                tensors[name] = Tensor(name, dataset[()], str(dataset.attrs["dtype"]))
+            meta = {
+                "source_format": str(f.attrs["source_format"]),
+                "source_file": str(f.attrs["source_file"]),
+                "source_sha256": str(f.attrs["source_sha256"]),
+                "recipe": json.loads(f.attrs["recipe"]),
+                "summary": json.loads(f.attrs["summary"]),
+            }
+            return Model(
+                layers=layers, tensors=tensors, format="rnnshrink",
+                producer=f"rnnshrink {f.attrs['rnnshrink_version']} from {f.attrs['source_producer']}",
+                topology=str(f.attrs["topology"]), notes=json.loads(f.attrs["notes"]), meta=meta,
+            )
+    except (KeyError, ValueError, TypeError, OSError) as error:
+        raise InputError(path, f"damaged rnnshrink container ({error})") from None
+
+
+def _write_layer(group, layer):
+    group.attrs.update({"kind": layer.kind, "name": layer.name, "inputs": json.dumps(layer.inputs)})
+    _write_mapping(group.create_group("source"), layer.source)
+    if isinstance(layer, LSTMLayer):
+        group.attrs["activations"] = json.dumps([
+            a.to_dict() for a in (layer.gate_activation, layer.cell_activation, layer.hidden_activation)
+        ])
+        group.attrs["clip"] = np.nan if layer.clip is None else layer.clip
+        group.attrs["reverse_only"] = layer.reverse_only
+        for k, direction in enumerate(layer.directions):
+            sub = group.create_group(f"d{k}")
+            for role, weight in direction.matrices.items():
+                _write_weight(sub.create_group(role), weight)
+            sub.create_dataset("b", data=direction.b)
+            sub.attrs.update({"bias_terms": direction.bias_terms, "bias_dtype": direction.bias_dtype})
+    elif isinstance(layer, DenseLayer):
+        _write_weight(group.create_group("W"), layer.W)
+        if layer.b is not None:
+            group.create_dataset("b", data=layer.b)
+        group.attrs["activation"] = json.dumps(layer.activation.to_dict() if layer.activation else None)
+    elif isinstance(layer, EmbeddingLayer):
+        group.create_dataset("table", data=layer.table)
+
+
+def _read_layer(group):
+    kind, name = str(group.attrs["kind"]), str(group.attrs["name"])
+    inputs, source = json.loads(group.attrs["inputs"]), _read_mapping(group["source"])
+    if kind == "lstm":
+        gate, cell, hidden = (Activation(**a) for a in json.loads(group.attrs["activations"]))
+        clip = float(group.attrs["clip"])
+        directions = []
+        for key in sorted(k for k in group if k.startswith("d")):
+            sub = group[key]
+            directions.append(LSTMDirection(
+                W=_read_weight(sub["W"]), R=_read_weight(sub["R"]), b=sub["b"][()],
+                proj=_read_weight(sub["proj"]) if "proj" in sub else None,
+                bias_terms=int(sub.attrs["bias_terms"]), bias_dtype=str(sub.attrs["bias_dtype"]),
+            ))
+        return LSTMLayer(name, directions, gate, cell, hidden, clip=None if np.isnan(clip) else clip,
+                         reverse_only=bool(group.attrs["reverse_only"]), inputs=inputs, source=source)
+    if kind == "dense":
+        activation = json.loads(group.attrs["activation"])
+        return DenseLayer(name, _read_weight(group["W"]), group["b"][()] if "b" in group else None,
+                          activation=Activation(**activation) if activation else None,
+                          inputs=inputs, source=source)
+    if kind == "embedding":
+        return EmbeddingLayer(name, group["table"][()], inputs=inputs, source=source)
+    return OtherLayer(name, kind, inputs=inputs, source=source)
+
+
+def _write_weight(group, weight):
+    group.attrs["kind"] = weight.kind
+    group.attrs["shape"] = weight.shape
+    if isinstance(weight, Dense):
+        group.attrs["stored_dtype"] = weight.stored_dtype
+        group.create_dataset("values", data=_to_stored(weight.values, weight.stored_dtype))
+    elif isinstance(weight, LowRank):
+        _write_weight(group.create_group("U"), weight.U)
+        _write_weight(group.create_group("V"), weight.V)
+    elif isinstance(weight, Sparse):
+        group.attrs["stored_dtype"] = weight.stored_dtype
+        group.create_dataset("values", data=_to_stored(weight.values, weight.stored_dtype))
+        _write_mask(group, weight.mask)
+    elif isinstance(weight, Quantized):
+        group.attrs.update({"bits": weight.bits, "group": weight.group or 0})
+        kept = weight.codes if weight.mask is None else weight.codes[weight.mask]
+        group.create_dataset("codes", data=pack_codes(kept.ravel(), weight.bits))
+        group.create_dataset("steps", data=weight.steps.astype(np.float16))
+        if weight.mask is not None:
+            _write_mask(group, weight.mask)
+    else:
+        raise TypeError(f"no container encoding for weight kind {weight.kind!r}")
+
+
+def _read_weight(group):
+    kind, shape = str(group.attrs["kind"]), tuple(int(n) for n in group.attrs["shape"])
+    if kind == "dense":
+        dtype = str(group.attrs["stored_dtype"])
+        return Dense(_from_stored(group["values"][()], dtype), stored_dtype=dtype)
+    if kind == "lowrank":
+        return LowRank(_read_weight(group["U"]), _read_weight(group["V"]))
+    if kind == "sparse":
+        dtype = str(group.attrs["stored_dtype"])
+        return Sparse(_read_mask(group, shape), _from_stored(group["values"][()], dtype), dtype)
+    if kind == "quantized":
+        bits, group_size = int(group.attrs["bits"]), int(group.attrs["group"]) or None
+        mask = _read_mask(group, shape) if "indptr" in group or "bitmask" in group else None
+        count = int(np.prod(shape)) if mask is None else int(np.count_nonzero(mask))
+        kept = unpack_codes(group["codes"][()], bits, count)
+        codes = kept.reshape(shape) if mask is None else np.zeros(shape, np.int8)
+        if mask is not None:
+            codes[mask] = kept
+        return Quantized(codes, group["steps"][()], bits, group_size, mask)
+    raise ValueError(f"unknown weight kind {kind!r}")
+
+
+def _write_mask(group, mask):
+    encoding, _ = index_encoding(mask)
+    if encoding == "bitmask":
+        group.create_dataset("bitmask", data=np.packbits(mask.ravel(), bitorder="little"))
+        return
+    rows, cols = mask.shape
+    width = 1 if cols <= 2**8 else 2 if cols <= 2**16 else 4
+    group.create_dataset("indptr", data=np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int32))
+    group.create_dataset("indices", data=np.nonzero(mask)[1].astype(_WIDTHS[width]))
+
+
+def _read_mask(group, shape):
+    if "bitmask" in group:
+        bits = np.unpackbits(group["bitmask"][()], count=int(np.prod(shape)), bitorder="little")
+        return bits.reshape(shape).astype(bool)
+    indptr, indices = group["indptr"][()], group["indices"][()]
+    mask = np.zeros(shape, bool)
+    rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
+    mask[rows, indices.astype(np.int64)] = True
+    return mask
+
+
+def pack_codes(codes, bits):
+    """Pack signed codes ``|c| < 2^(bits-1)`` as ``bits``-wide unsigned ``c + 2^(bits-1)``.
+
+    Returns
+    -------
+    ndarray of uint8, shape (ceil(len(codes) * bits / 8),)
+    """
+    unsigned = (np.asarray(codes, np.int16) + 2 ** (bits - 1)).astype(np.uint8)
+    planes = np.unpackbits(unsigned[:, None], axis=1, bitorder="little")[:, :bits]
+    return np.packbits(planes.ravel(), bitorder="little")
+
+
+def unpack_codes(packed, bits, count):
+    """Inverse of :func:`pack_codes`: ``count`` signed int8 codes."""
+    planes = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
+    unsigned = np.packbits(planes, axis=1, bitorder="little")[:, 0].astype(np.int16)
+    return (unsigned - 2 ** (bits - 1)).astype(np.int8)
+
+
+def _to_stored(values, dtype):
+    return to_bfloat16_bits(values) if dtype == "bfloat16" else np.asarray(values).astype(dtype)
+
+
+def _from_stored(values, dtype):
+    return from_bfloat16_bits(values) if dtype == "bfloat16" else values
+
+
+def _write_mapping(group, mapping):
+    for key, value in mapping.items():
+        if isinstance(value, np.ndarray):
+            group.create_dataset(key, data=value)
+        elif isinstance(value, dict):
+            _write_mapping(group.create_group(key), value)
+        else:
+            group.attrs[key] = json.dumps(value, default=_json_default)
+
+
+def _read_mapping(group):
+    found = {key: json.loads(value) for key, value in group.attrs.items()}
+    for key, item in group.items():
+        found[key] = _read_mapping(item) if isinstance(item, h5py.Group) else item[()]
+    return found
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a container")
