@@ -1,0 +1,261 @@
+"""k-bit quantization of LSTM weights with QuantizedLSTM's symmetric uniform quantizer.
+
+With ``s = 2^(b-1)`` and a clipping range ``a`` per block (tensor, row, or group of columns)::
+
+    y = clamp(x / a, -1 + 1/s, 1 - 1/s)        Q(x) = round(y s) / s · a
+
+so the integer codes ``round(y s)`` lie in ``[-(s-1), s-1]`` (``2^b - 1`` levels) and the step
+is ``a / s``. The step is rounded up to float16 *first* (that is what the file stores) and
+the codes are computed with the stored step, so ``codes · step`` is exactly the value computed:
+equivalently ``a`` is replaced by ``s · step >= a`` (at most 2^-10 larger). Rounding is
+NumPy's ``np.round`` (half to even), as ``jnp.round`` in the authors' code. The top code is
+``s - 1``, so values in ``((s - 1/2) step, a]`` are clamped: with ``a = max|x|`` the largest
+weights are off by up to one step, every other weight by at most half a step.
+
+``a`` is the block's ``max|x|`` (``clip="max"``) or the clip of smallest squared error over
+``max|x|`` times 50 fractions from 0.5 to 1.0 (``clip="mse"``). A block of zeros gets step 1
+and codes 0. ``bits=16`` stores the weights as float16 instead.
+
+References
+----------
+rnnshrink ``methods.md`` §5; QuantizedLSTM (Intelligent-Microsystems-Lab, "LSTMs for Keyword
+Spotting with ReRAM-based Compute-In-Memory Architectures", ISCAS 2021), functions ``clip``,
+``quant`` and ``cq`` of its code.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from ..errors import OptionError
+from ..model.weights import Dense, LowRank, Quantized, Sparse
+from .base import Context, Param, Transform
+
+# Fractions of max|x| the "mse" clip search tries, largest first (ties keep the larger clip).
+CLIP_FRACTIONS = np.linspace(0.5, 1.0, 50)[::-1]
+
+
+def step_size(amax, bits):
+    """The step ``a / s`` rounded up to float16, for blocks with clipping range ``amax``.
+
+    Rounding up keeps ``s · step >= a``: the stored clip range still covers ``a``. A block of
+    zeros gets step 1 (its codes are 0).
+
+    Parameters
+    ----------
+    amax : ndarray of shape (...)
+    bits : int in [2, 8]
+
+    Returns
+    -------
+    ndarray of float64, shape as ``amax``
+    """
+    exact = amax / 2 ** (bits - 1)
+    with np.errstate(over="ignore"):
+        step = np.asarray(exact, dtype=np.float16)
+    step = np.where(step < exact, np.nextafter(step, np.float16(np.inf)), step).astype(np.float64)
+    if not np.all(np.isfinite(step)):
+        raise OptionError(f"quant: weights up to {np.max(amax):.3g} need steps beyond float16")
+    return np.where(step > 0, step, 1.0)
+
+
+def quantize_codes(x, step, bits):
+    """QuantizedLSTM's codes ``round(clamp(x / a, -1 + 1/s, 1 - 1/s) · s)`` with ``a = s · step``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (..., n)
+    step : ndarray of shape (...) or broadcastable to ``x[..., 0]``
+    bits : int in [2, 8]
+
+    Returns
+    -------
+    ndarray of int8, shape as ``x``, values in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``
+    """
+    limit = 2 ** (bits - 1) - 1
+    return np.clip(np.round(x / step[..., None]), -limit, limit).astype(np.int8)
+
+
+def block_steps(blocks, bits, clip="max"):
+    """The step of every block: ``max|x| / s`` or the squared-error-optimal clip's.
+
+    Parameters
+    ----------
+    blocks : ndarray of shape (rows, groups, width)
+        Padding entries must be zero (they quantize to zero and add no error).
+    bits : int in [2, 8]
+    clip : {"max", "mse"}
+
+    Returns
+    -------
+    ndarray of float64, shape (rows, groups)
+        Steps exactly representable in float16.
+    """
+    amax = np.abs(blocks).max(axis=-1)
+    best = step_size(amax, bits)
+    if clip == "max":
+        return best
+    error = _squared_error(blocks, best, bits)
+    for fraction in CLIP_FRACTIONS[1:]:
+        step = step_size(fraction * amax, bits)
+        candidate = _squared_error(blocks, step, bits)
+        better = candidate < error
+        best, error = np.where(better, step, best), np.where(better, candidate, error)
+    return best
+
+
+def _squared_error(blocks, step, bits):
+    return ((blocks - quantize_codes(blocks, step, bits) * step[..., None]) ** 2).sum(axis=-1)
+
+
+def _blocks(x, scales, group):
+    """``x`` (rows, cols) as zero-padded blocks (rows', groups, width) sharing one step."""
+    rows, cols = x.shape
+    if scales == "tensor":
+        return x.reshape(1, 1, -1)
+    if scales == "row" or group >= cols:
+        return x.reshape(rows, 1, cols)
+    groups = -(-cols // group)
+    padded = np.zeros((rows, groups * group), x.dtype)
+    padded[:, :cols] = x
+    return padded.reshape(rows, groups, group)
+
+
+def quantize_matrix(x, bits, scales="row", group=64, clip="max", mask=None):
+    """Quantize one matrix with a step per tensor, per row, or per group of columns.
+
+    Parameters
+    ----------
+    x : ndarray of shape (rows, cols)
+    bits : int in [2, 8]
+    scales : {"tensor", "row", "group"}
+    group : int
+        Columns per step when ``scales="group"``.
+    clip : {"max", "mse"}
+    mask : ndarray of bool, shape (rows, cols), optional
+        Stored positions of a pruned matrix (``x`` is zero elsewhere); kept as is.
+
+    Returns
+    -------
+    Quantized
+        ``materialize()`` gives exactly ``codes · step`` as computed here.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    rows, cols = x.shape
+    blocks = _blocks(x, scales, group)
+    steps = block_steps(blocks, bits, clip)
+    codes = quantize_codes(blocks, steps, bits)
+    codes = codes.reshape(rows, -1)[:, :cols]  # drop the padding of the last group
+    grouped = scales == "group" and group < cols
+    return Quantized(codes, steps, bits, group if grouped else None, mask)
+
+
+def quantize_weight(weight, bits, scales="row", group=64, clip="max"):
+    """Quantize a weight of any kind: a dense matrix, both low-rank factors, a sparse matrix's
+    kept entries (the mask is kept), or store it as float16 when ``bits == 16``.
+
+    Raises
+    ------
+    OptionError
+        ``weight`` (or one of its factors) is already quantized.
+    """
+    if isinstance(weight, LowRank):
+        U, V = (quantize_weight(f, bits, scales, group, clip) for f in (weight.U, weight.V))
+        return LowRank(U, V)
+    if isinstance(weight, Quantized):
+        raise OptionError("quant: the weight is already quantized")
+    if bits == 16:
+        return _float16(weight)
+    mask = weight.mask if isinstance(weight, Sparse) else None
+    return quantize_matrix(weight.materialize(), bits, scales, group, clip, mask)
+
+
+def _float16(weight):
+    """``weight`` (Dense or Sparse) with its values stored as float16."""
+    if isinstance(weight, Sparse):
+        new = Sparse(weight.mask, weight.values, "float16")
+    else:
+        new = Dense(weight.values, "float16")
+    if not np.all(np.isfinite(new.values)):
+        raise OptionError("quant: bits=16: weights beyond the float16 range (65504)")
+    return new
+
+
+class Quantize(Transform):
+    """Quantize every LSTM matrix (and projection) to ``bits``-bit codes and float16 steps.
+
+    Parameters
+    ----------
+    bits : int
+        2 to 8, or 16 for float16 storage.
+    scales : {"tensor", "row", "group"}
+        One step per matrix, per output row, or per ``group`` input columns of a row.
+    group : int
+        Columns per step; giving it implies ``scales=group``.
+    clip : {"max", "mse"}
+        Clipping range per block: ``max|x|``, or the squared-error-optimal fraction of it.
+    layers : str, optional
+        Comma-separated LSTM layer names; all LSTM layers by default.
+
+    References
+    ----------
+    rnnshrink ``methods.md`` §5 (QuantizedLSTM, ISCAS 2021).
+    """
+
+    name = "quant"
+    PARAMS = {
+        "bits": Param(int, 8, choices=(2, 3, 4, 5, 6, 7, 8, 16),
+                      help="code width; 16 stores float16 instead of codes"),
+        "scales": Param(str, "row", choices=("tensor", "row", "group"),
+                        help="one float16 step per tensor, per row, or per group of columns"),
+        "group": Param(int, 64, 1, None, help="columns sharing a step (implies scales=group)"),
+        "clip": Param(str, "max", choices=("max", "mse"),
+                      help="clipping range per block: max|w|, or searched for least squared error"),
+        "layers": Param(str, None, help="comma-separated LSTM layer names (default: all)"),
+    }
+
+    def check(self):
+        if "group" in self.given:
+            if self.given.get("scales", "group") != "group":
+                raise OptionError(
+                    f"quant: group={self.group} needs scales=group, got scales={self.scales}"
+                )
+            self.params["scales"] = "group"
+        if self.bits == 16:
+            extra = sorted(set(self.given) & {"scales", "group", "clip"})
+            if extra:
+                raise OptionError(
+                    f"quant: {', '.join(extra)} do not apply to bits=16 (float16 storage)"
+                )
+
+    def apply(self, model, context=None):
+        context = context or Context()
+        layers = self.selected_layers(model)
+        progress = context.step("quant", len(layers))
+        notes = list(model.notes)
+        new_layers = {}
+        for layer in layers:
+            directions, kept = [], []
+            for k, direction in enumerate(layer.directions):
+                changes = {}
+                for role, weight in direction.matrices.items():
+                    try:
+                        new = quantize_weight(weight, self.bits, self.scales, self.group, self.clip)
+                    except OptionError as error:
+                        raise OptionError(f"{error} (layer {layer.name} {role}[{k}])") from None
+                    if new.nbytes >= weight.nbytes:
+                        kept.append(f"{role}[{k}]")
+                        new = weight
+                    changes[role] = new
+                directions.append(dataclasses.replace(direction, **changes))
+            new_layers[layer.name] = dataclasses.replace(layer, directions=directions)
+            if kept:
+                notes.append(
+                    f"quant: layer {layer.name}: {', '.join(kept)} kept as they were: "
+                    f"{self.spec()} would not make them smaller"
+                )
+            progress.update()
+        progress.close()
+        return model.replace(
+            layers=[new_layers.get(layer.name, layer) for layer in model.layers], notes=notes
+        )
