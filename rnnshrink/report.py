@@ -5,7 +5,7 @@ documented in ``docs/report.md``. Sizes come from the weight objects alone
 (:mod:`rnnshrink.model.weights`); nothing here computes a size itself.
 """
 
-from .model import DenseLayer, LSTMLayer
+from .model import DenseLayer, EmbeddingLayer, LSTMLayer
 
 SCHEMA = "rnnshrink.report/1"
 
@@ -29,13 +29,13 @@ def summarize(model):
     layers = [_layer_summary(layer) for layer in model.lstm_layers]
     lstm_params = sum(layer["params"] for layer in layers)
     lstm_bytes = sum(layer["bytes"] for layer in layers)
-    # A Dense layer a transform refit replaces its pass-through tensors in the counts.
-    changed = [layer for layer in model.layers
-               if isinstance(layer, DenseLayer) and layer.source.get("changed")]
-    replaced = {name for layer in changed for name in layer.source.get("tensors", ())}
-    kept = [tensor for name, tensor in model.tensors.items() if name not in replaced]
-    other_params = sum(t.data.size for t in kept) + sum(layer.params for layer in changed)
-    other_bytes = sum(t.nbytes for t in kept) + sum(layer.nbytes for layer in changed)
+    # Dense and Embedding layers count their own weights; a reader that also keeps them as
+    # pass-through tensors (ONNX) names those in source["tensors"], so they count once.
+    weighted = [layer for layer in model.layers if isinstance(layer, (DenseLayer, EmbeddingLayer))]
+    held = {name for layer in weighted for name in layer.source.get("tensors", ())}
+    tensors = [t for name, t in model.tensors.items() if name not in held]
+    other_params = sum(t.data.size for t in tensors) + sum(layer.params for layer in weighted)
+    other_bytes = sum(t.nbytes for t in tensors) + sum(layer.nbytes for layer in weighted)
     dense_macs = sum(layer.W.macs for layer in model.layers if isinstance(layer, DenseLayer))
     return {
         "schema": SCHEMA,

@@ -54,10 +54,12 @@ def sniff(path):
         return "rnnshrink" if is_container(path) else "keras-h5"
     if head.startswith(ZIP_MAGIC):
         return _sniff_zip(path)
-    if head[:1] == b"\x80":
-        return "torch-legacy"
+    # safetensors first: its header length may start with 0x80; a legacy torch file has a
+    # fixed magic number byte (0xf9) at offset 8, never "{"
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
     if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":
         return "onnx"
     raise InputError(

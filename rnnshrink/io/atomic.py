@@ -36,6 +36,9 @@ def atomic_path(output):
     output = Path(output)
     handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
     try:
         yield Path(temporary)
         os.replace(temporary, output)

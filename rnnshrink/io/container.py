@@ -284,19 +284,44 @@ def _from_stored(values, dtype):
 
 
 def _write_mapping(group, mapping):
+    """Store a reader's ``source`` mapping: arrays and tensors as datasets, the rest as JSON."""
     for key, value in mapping.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, Tensor):
+            dataset = group.create_dataset(key, data=value.data)
+            dataset.attrs.update({"tensor_name": value.name, "dtype": value.dtype})
+        elif isinstance(value, np.ndarray):
             group.create_dataset(key, data=value)
-        elif isinstance(value, dict):
-            _write_mapping(group.create_group(key), value)
+        elif isinstance(value, dict) or _holds_arrays(value):
+            sub = group.create_group(key)
+            if not isinstance(value, dict):
+                sub.attrs["__list__"] = len(value)
+                value = {str(i): item for i, item in enumerate(value)}
+            _write_mapping(sub, value)
         else:
             group.attrs[key] = json.dumps(value, default=_json_default)
 
 
+def _holds_arrays(value):
+    if isinstance(value, (np.ndarray, Tensor)):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_arrays(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_arrays(v) for v in value)
+    return False
+
+
 def _read_mapping(group):
-    found = {key: json.loads(value) for key, value in group.attrs.items()}
+    found = {key: json.loads(value) for key, value in group.attrs.items() if key != "__list__"}
     for key, item in group.items():
-        found[key] = _read_mapping(item) if isinstance(item, h5py.Group) else item[()]
+        if isinstance(item, h5py.Group):
+            found[key] = _read_mapping(item)
+        elif "tensor_name" in item.attrs:
+            found[key] = Tensor(str(item.attrs["tensor_name"]), item[()], str(item.attrs["dtype"]))
+        else:
+            found[key] = item[()]
+    if "__list__" in group.attrs:
+        return [found[str(i)] for i in range(int(group.attrs["__list__"]))]
     return found
 
 

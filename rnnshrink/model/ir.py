@@ -227,6 +227,14 @@ class EmbeddingLayer:
 
     kind = "embedding"
 
+    @property
+    def params(self):
+        return self.table.size
+
+    @property
+    def nbytes(self):
+        return self.table.nbytes
+
 
 @dataclass
 class OtherLayer:
@@ -275,7 +283,8 @@ class Model:
         LSTMLayer, DenseLayer, EmbeddingLayer and OtherLayer objects in the order the file
         lists them (for graphs, topological order).
     tensors : dict of str to Tensor
-        Every tensor not owned by a layer above, byte-exact, by name.
+        Every tensor of the file not owned by a layer above (LSTM, Dense and Embedding layers
+        own their weights), byte-exact, by name.
     format : str
         ``"keras-h5"``, ``"keras-zip"``, ``"torch-zip"``, ``"torch-legacy"``, ``"safetensors"``
         or ``"onnx"``.
