@@ -1,0 +1,445 @@
+"""SVD projection of LSTM layers: CLSTM, an LSTM with a low-rank recurrent projection.
+
+For each selected layer and direction (canonical orientation, ``R`` of shape (4H, H) used as
+``R @ h``), with ``m_t = o_t ⊙ tanh(c_t)`` the unprojected output::
+
+    R = U S Vᵀ                        SVD, singular values s descending
+    r = min{k ≥ 0 : Σ_{i<k} s_i² / Σ_i s_i² ≥ tau}       CLSTM get_projection_rank
+    proj  = S_r V_rᵀ   (r, H)         the projection: h_t = proj @ m_t (r-wide)
+    R_new = U_r        (4H, r)        z_t = W x_t + R_new h_{t-1} + b
+    K_new = argmin_Z ‖Z proj − K‖_F    for every consumer K (out, H) of the layer's output
+                                      (least squares; the layer's own W and b are unchanged)
+
+This is PyTorch's ``nn.LSTM(proj_size=r)`` (``weight_hr = proj``). In methods.md's Keras
+layout (``R_k = Rᵀ = U' S V'ᵀ``, ``P = U'_r S_r``, ``Z_h = V'_rᵀ``): ``proj = Pᵀ`` and
+``R_new = Z_hᵀ``. Parameters per direction: ``in·4H + H·r + r·4H + 4H·bias_terms``; a
+consumer's matrix becomes (out, r). A bidirectional layer's output is ``[h_fwd, h_bwd]``: each
+consumer's column half of one direction is refit on that direction's projection.
+
+``joint=true`` (Prabhavalkar et al.): the recurrent matrix of layer l and the input matrices
+of the LSTM layers that read its output share one projection::
+
+    M = [R_l ; K_1 ; ...] = U S Vᵀ              (rows stacked, (4H + 4H' + ..., H))
+    proj = S_r V_rᵀ,   [R_new ; K_1,new ; ...] = U_r          (rank from M's energy)
+
+A layer read by a Dense layer (the last one) falls back to the least-squares refit.
+
+Rules of this implementation (each applied one is written to ``model.notes``):
+
+* the rank is at least 1 (CLSTM's rule gives 0 for ``tau = 0``); both directions of a layer use
+  the larger of their two ranks (they must have the same shapes);
+* a layer whose consumers are unknown (``model.consumers`` empty, a consumer rnnshrink cannot
+  refit, or one with other inputs too) keeps its output width: its ``R`` is stored as
+  ``LowRank(U_r, S_r V_rᵀ)`` — the same ``4H·r + r·H`` parameters, no projection;
+* a layer that already has a projection ``P0`` (PyTorch ``proj_size``) is composed: the SVD
+  works on ``R P0`` and each consumer ``K P0`` (the maps of ``m_t``), and the new projection
+  replaces ``P0``;
+* the result is kept only if no LSTM layer it changes grows and together they shrink (bytes
+  counted by the weight objects); otherwise the layer is left unchanged. So ``tau = 1`` leaves
+  a full-rank layer as it is: its projection would add ``H·H`` parameters.
+
+References
+----------
+Prabhavalkar, Alsharif, Bruguier & McGraw, "On the compression of recurrent neural networks
+with an application to LVCSR acoustic modeling for embedded speech recognition", ICASSP 2016
+(arXiv 1603.08042); CLSTM Keras code ``src/compress_weights.py`` (``get_projection_rank``,
+``get_projection_matrices``, ``compress_weights``); rnnshrink ``methods.md`` §1.
+"""
+
+import dataclasses
+
+import numpy as np
+import scipy.linalg
+from scipy.sparse.linalg import ArpackNoConvergence, svds
+
+from ..errors import OptionError
+from ..model import Dense, DenseLayer, LSTMLayer
+from ..model.weights import LowRank
+from .base import Context, Param, Transform
+
+# ARPACK (scipy.sparse.linalg.svds) beats LAPACK gesdd only for a few triplets of a wide matrix:
+# measured on 4096 x 1024, k = 32 takes half the time of the full SVD, k = 128 1.6 times it.
+PARTIAL_MIN_WIDTH = 512
+PARTIAL_MAX_FRACTION = 1 / 32
+
+
+def projection_rank(singular_values, tau):
+    """CLSTM's rank: the fewest top singular values that keep a fraction ``tau`` of the energy.
+
+    Parameters
+    ----------
+    singular_values : ndarray of shape (n,)
+        The whole spectrum, sorted descending.
+    tau : float
+        At most 1. ``tau <= 0`` gives 0, ``tau = 1`` the full rank.
+
+    Returns
+    -------
+    int
+        Smallest ``k >= 0`` with ``Σ_{i<k} s_i² / Σ_i s_i² >= tau``. A zero matrix gives 0, as
+        in CLSTM (``0/0 < tau`` is false).
+
+    Notes
+    -----
+    ``Σ_i s_i² = ‖M‖_F²``, so the rule could stop at the top values of a partial SVD; it does
+    not, because on trained LSTMs ``tau >= 0.5`` already needs a quarter of the spectrum, where
+    a partial SVD is slower than a full one (see :func:`singular_triplets`).
+    """
+    if tau > 1:
+        raise ValueError(f"tau must be at most 1, got {tau}")
+    energy = np.cumsum(np.square(np.asarray(singular_values, dtype=np.float64)))
+    if tau <= 0 or not energy.size or energy[-1] <= 0:
+        return 0
+    return int(np.flatnonzero(energy / energy[-1] >= tau)[0]) + 1
+
+
+def singular_triplets(M, k=None):
+    """The ``k`` largest singular triplets of ``M`` (all of them when ``k`` is None).
+
+    The one place rnnshrink computes an SVD: LAPACK ``gesdd`` (``gesvd`` if that does not
+    converge), or ARPACK (``scipy.sparse.linalg.svds``) for a few triplets of a wide matrix
+    (``min(m, n) >= PARTIAL_MIN_WIDTH``, ``k <= PARTIAL_MAX_FRACTION · min(m, n)``).
+
+    Parameters
+    ----------
+    M : ndarray of shape (m, n)
+    k : int, optional
+
+    Returns
+    -------
+    U : ndarray of shape (m, k)
+    s : ndarray of shape (k,)
+        Descending.
+    Vt : ndarray of shape (k, n)
+    """
+    M = np.asarray(M, dtype=np.float64)
+    width = min(M.shape)
+    if k is not None and width >= PARTIAL_MIN_WIDTH and 0 < k <= width * PARTIAL_MAX_FRACTION:
+        try:
+            U, s, Vt = svds(M, k=k, solver="arpack", random_state=0)
+            order = np.argsort(s)[::-1]
+            return U[:, order], s[order], Vt[order]
+        except ArpackNoConvergence:
+            pass
+    try:
+        U, s, Vt = scipy.linalg.svd(M, full_matrices=False, lapack_driver="gesdd")
+    except np.linalg.LinAlgError:
+        U, s, Vt = scipy.linalg.svd(M, full_matrices=False, lapack_driver="gesvd")
+    return (U, s, Vt) if k is None else (U[:, :k], s[:k], Vt[:k])
+
+
+def truncated_svd(M, rank=None, tau=None):
+    """The top singular triplets of ``M``: ``rank`` of them, or as many as ``tau`` needs.
+
+    Parameters
+    ----------
+    M : ndarray of shape (m, n)
+    rank : int, optional
+    tau : float, optional
+        Exactly one of ``rank`` and ``tau``.
+
+    Returns
+    -------
+    U : ndarray of shape (m, r)
+    s : ndarray of shape (r,)
+    Vt : ndarray of shape (r, n)
+        ``r`` may be 0 with ``tau`` (CLSTM's rule for ``tau <= 0`` or a zero matrix).
+    """
+    if (rank is None) == (tau is None):
+        raise ValueError("give exactly one of rank and tau")
+    if rank is not None:
+        return singular_triplets(M, rank)
+    U, s, Vt = singular_triplets(M)
+    r = projection_rank(s, tau)
+    return U[:, :r], s[:r], Vt[:r]
+
+
+def common_rank_svd(matrices, rank=None, rank_ratio=None, tau=None):
+    """Truncated SVDs of several same-shape matrices (a layer's directions) at one rank.
+
+    The rank is ``rank``, ``round(rank_ratio · min(m, n))`` or the largest of the matrices'
+    :func:`projection_rank` for ``tau``, clamped to ``[1, min(m, n)]``.
+
+    Parameters
+    ----------
+    matrices : list of ndarray of shape (m, n)
+    rank, rank_ratio, tau : exactly one given
+
+    Returns
+    -------
+    r : int
+    factors : list of tuple (U (m, r), s (r,), Vt (r, n))
+    rule : list of int
+        The rank each matrix alone would get (before clamping and sharing).
+    """
+    width = min(matrices[0].shape)
+    if tau is None:
+        wanted = rank if rank is not None else round(rank_ratio * width)
+        r = min(max(wanted, 1), width)
+        return r, [truncated_svd(M, rank=r) for M in matrices], [wanted] * len(matrices)
+    found = [truncated_svd(M, tau=tau) for M in matrices]
+    rule = [s.size for _, s, _ in found]
+    r = max(max(rule), 1)
+    factors = [f if f[1].size == r else truncated_svd(M, rank=r) for f, M in zip(found, matrices)]
+    return r, factors, rule
+
+
+def split_projection(U, s, Vt, heights):
+    """CLSTM's projection from the truncated SVD of a (stacked) matrix ``M ≈ U_r S_r V_rᵀ``.
+
+    Parameters
+    ----------
+    U : ndarray of shape (rows, r)
+    s : ndarray of shape (r,)
+    Vt : ndarray of shape (r, H)
+    heights : list of int
+        Row counts of the matrices stacked in ``M`` (``[4H]`` for ``R`` alone, then the
+        heights of the consumer matrices of a joint SVD); they sum to ``rows``.
+
+    Returns
+    -------
+    proj : ndarray of shape (r, H)
+        ``S_r V_rᵀ``, the projection ``h = proj @ m``.
+    blocks : list of ndarray of shape (height, r)
+        ``U_r`` cut into the stacked matrices' new versions: ``blocks[k] @ proj`` is the best
+        rank-r approximation's rows of the k-th matrix.
+    """
+    return s[:, None] * Vt, np.split(U, np.cumsum(heights)[:-1])
+
+
+def refit_reader(K, proj):
+    """Least-squares refit of a consumer for a projected input (CLSTM ``np.linalg.lstsq``).
+
+    Parameters
+    ----------
+    K : ndarray of shape (out, H)
+        The consumer's matrix acting on the unprojected output.
+    proj : ndarray of shape (r, H)
+
+    Returns
+    -------
+    ndarray of shape (out, r)
+        ``argmin_Z ‖Z proj − K‖_F``.
+    """
+    return np.linalg.lstsq(np.asarray(proj, np.float64).T, np.asarray(K, np.float64).T,
+                           rcond=None)[0].T
+
+
+def check_rank_choice(owner, params):
+    """Raise OptionError unless exactly one of ``tau``, ``rank``, ``rank_ratio`` is set and a
+    ``rank_ratio`` is in (0, 1]."""
+    given = [key for key in ("tau", "rank", "rank_ratio") if params[key] is not None]
+    if len(given) != 1:
+        raise OptionError(f"{owner}: give exactly one of tau, rank, rank_ratio, "
+                          f"got {', '.join(given) or 'none'}")
+    if params["rank_ratio"] is not None and params["rank_ratio"] <= 0:
+        raise OptionError(f"{owner}: rank_ratio must be in (0, 1], got {params['rank_ratio']}")
+
+
+def select_layers(model, layers, owner):
+    """Names of the LSTM layers a transform works on, in data-flow order.
+
+    Parameters
+    ----------
+    model : Model
+    layers : str or None
+        Comma-separated layer names; None for every LSTM layer.
+    owner : str
+        The transform's name, for messages.
+    """
+    names = [layer.name for layer in model.lstm_layers]
+    if layers is None:
+        return names
+    wanted = [name.strip() for name in layers.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown or not wanted:
+        raise OptionError(f"{owner}: layers {layers!r} names no LSTM layer of this model "
+                          f"({', '.join(unknown)}); its LSTM layers: {', '.join(names)}")
+    return [name for name in names if name in wanted]
+
+
+def require_dense(model, names, owner):
+    """Raise OptionError unless the named layers and their consumers hold Dense matrices."""
+    for name in names:
+        layer = model.layer(name)
+        found, _ = readers(model, layer)
+        weights = [(f"{name} {role}", weight) for direction in layer.directions
+                   for role, weight in direction.matrices.items()]
+        weights += [(f"{c.name} W", w) for c in found or () for w in _reader_weights(c)]
+        for where, weight in weights:
+            if not isinstance(weight, Dense):
+                raise OptionError(f"{owner} needs dense weights, but {where} is {weight.kind}: "
+                                  f"{owner} must come before prune/quant")
+
+
+def readers(model, layer):
+    """The layers that read ``layer``'s output and can be refit, or None and why not.
+
+    Returns
+    -------
+    found : list of LSTMLayer or DenseLayer, or None
+    reason : str
+        Why the consumer is unknown ('' when found).
+    """
+    found = model.consumers(layer.name)
+    if not found:
+        return None, "consumer unknown"
+    for consumer in found:
+        if not isinstance(consumer, (LSTMLayer, DenseLayer)):
+            return None, f"consumer {consumer.name} ({consumer.kind}) cannot be refit"
+        width = consumer.input_size if isinstance(consumer, LSTMLayer) else consumer.W.shape[1]
+        if consumer.inputs != [layer.name] or width != layer.output_size:
+            return None, f"consumer {consumer.name} reads more than this layer"
+    return found, ""
+
+
+def project_layer(model, name, rank=None, rank_ratio=None, tau=None, joint=False):
+    """Apply the SVD projection to one LSTM layer of ``model`` and refit its consumers.
+
+    Parameters
+    ----------
+    model : Model
+    name : str
+    rank, rank_ratio, tau : exactly one given; see :func:`common_rank_svd`
+    joint : bool
+        Share the projection with the input matrices of consuming LSTM layers.
+
+    Returns
+    -------
+    Model
+        A new model (``model`` is unchanged) with one note about this layer.
+    """
+    layer = model.layer(name)
+    found, reason = readers(model, layer)
+    if found is None:
+        return _factor_in_place(model, layer, reason, rank, rank_ratio, tau)
+    joint_used = joint and all(isinstance(c, LSTMLayer) for c in found)
+    reading = [(c, w) for c in found for w in _reader_weights(c)]
+    out = layer.out_size
+    inputs, stacks = [], []
+    for d, direction in enumerate(layer.directions):
+        lift = _m_space(direction.proj)
+        blocks = [lift(w.materialize()[:, d * out:(d + 1) * out]) for _, w in reading]
+        inputs.append(blocks)
+        recurrent = lift(direction.R.materialize())
+        stacks.append(np.vstack([recurrent] + blocks) if joint_used else recurrent)
+    r, factors, rule = common_rank_svd(stacks, rank, rank_ratio, tau)
+    directions, new_blocks = [], []
+    for direction, blocks, (U, s, Vt) in zip(layer.directions, inputs, factors):
+        heights = [direction.R.shape[0]] + ([b.shape[0] for b in blocks] if joint_used else [])
+        proj, [R_new, *shared] = split_projection(U, s, Vt, heights)
+        directions.append(dataclasses.replace(
+            direction, R=dense_like(R_new, direction.R), proj=dense_like(proj, direction.R)))
+        new_blocks.append(shared if joint_used else [refit_reader(b, proj) for b in blocks])
+    new_layer = dataclasses.replace(layer, directions=directions,
+                                    source={**layer.source, "svd_rank": r})
+    new_readers = _rebuild_readers(reading, [np.hstack(b) for b in zip(*new_blocks)])
+    how = "joint SVD with " if joint_used else "least-squares refit of "
+    detail = (f"rank {r} of {layer.hidden_size}{_rule_text(rule, r)}, projection added, "
+              f"{how}{', '.join(c.name for c in found)}")
+    if joint and not joint_used:
+        detail += " (joint needs LSTM consumers)"
+    return _commit(model, layer, new_layer, new_readers, detail)
+
+
+def _factor_in_place(model, layer, reason, rank, rank_ratio, tau):
+    """Unknown consumer: ``R ≈ U_r (S_r V_rᵀ)`` stored as LowRank, output width unchanged."""
+    r, factors, rule = common_rank_svd([d.R.materialize() for d in layer.directions],
+                                       rank, rank_ratio, tau)
+    directions = []
+    for direction, (U, s, Vt) in zip(layer.directions, factors):
+        proj, [R_new] = split_projection(U, s, Vt, [U.shape[0]])
+        R = LowRank(dense_like(R_new, direction.R), dense_like(proj, direction.R))
+        directions.append(dataclasses.replace(direction, R=R))
+    new_layer = dataclasses.replace(layer, directions=directions,
+                                    source={**layer.source, "svd_rank": r})
+    detail = (f"{reason}, recurrent matrix factored at rank {r}{_rule_text(rule, r)} "
+              f"without projection")
+    return _commit(model, layer, new_layer, {}, detail)
+
+
+def _commit(model, layer, new_layer, new_readers, detail):
+    """``model`` with the new layers if no LSTM layer grows and together they shrink; a note."""
+    changed = {layer.name: new_layer, **new_readers}
+    sizes = [(model.layer(name).nbytes, new.nbytes) for name, new in changed.items()
+             if isinstance(new, LSTMLayer)]
+    before, after = sum(old for old, _ in sizes), sum(new for _, new in sizes)
+    if after >= before or any(new > old for old, new in sizes):
+        steps = " + ".join(f"{old} -> {new}" for old, new in sizes)
+        note = (f"svd {layer.name}: {detail} would not shrink the LSTM layers ({steps} bytes); "
+                f"layer kept unchanged")
+        return model.replace(notes=model.notes + [note])
+    layers = [changed.get(other.name, other) for other in model.layers]
+    note = f"svd {layer.name}: {detail}; LSTM bytes {before} -> {after}"
+    return model.replace(layers=layers, notes=model.notes + [note])
+
+
+def _m_space(proj):
+    """The map taking a matrix that reads ``h = proj @ m`` to the one that reads ``m``."""
+    if proj is None:
+        return lambda matrix: matrix
+    projection = proj.materialize()
+    return lambda matrix: matrix @ projection
+
+
+def _reader_weights(consumer):
+    """The matrices of ``consumer`` that read its input: a Dense W, or each direction's W."""
+    if isinstance(consumer, DenseLayer):
+        return [consumer.W]
+    return [direction.W for direction in consumer.directions]
+
+
+def _rebuild_readers(reading, matrices):
+    """New consumer layers with their input matrices replaced by ``matrices``."""
+    weights = {}
+    for (consumer, old), values in zip(reading, matrices):
+        weights.setdefault(consumer.name, (consumer, []))[1].append(dense_like(values, old))
+    rebuilt = {}
+    for name, (consumer, new) in weights.items():
+        if isinstance(consumer, DenseLayer):
+            rebuilt[name] = dataclasses.replace(
+                consumer, W=new[0], source={**consumer.source, "changed": True})
+        else:
+            directions = [dataclasses.replace(d, W=w) for d, w in zip(consumer.directions, new)]
+            rebuilt[name] = dataclasses.replace(consumer, directions=directions)
+    return rebuilt
+
+
+def dense_like(values, like):
+    """A Dense of ``values`` held and stored like the Dense ``like``."""
+    return Dense(np.asarray(values).astype(like.values.dtype), like.stored_dtype)
+
+
+def _rule_text(rule, r):
+    if all(k == r for k in rule):
+        return ""
+    return f" (rule gave {'/'.join(map(str, rule))}; clamped to [1, width], one rank per layer)"
+
+
+class SVDProjection(Transform):
+    """CLSTM SVD projection of LSTM layers, with least-squares or joint refit of consumers.
+
+    See the module docstring for the equations.
+    """
+
+    name = "svd"
+    PARAMS = {
+        "tau": Param(float, None, 0.0, 1.0, help="fraction of singular-value energy kept"),
+        "rank": Param(int, None, 1, None, help="projection rank"),
+        "rank_ratio": Param(float, None, 0.0, 1.0, help="rank as a fraction of the hidden size"),
+        "joint": Param(bool, False, help="share the projection with the next LSTM's input matrix"),
+        "layers": Param(str, None, help="comma-separated LSTM layer names (default: all)"),
+    }
+
+    def check(self):
+        check_rank_choice(self.name, self.params)
+
+    def apply(self, model, context=None):
+        names = select_layers(model, self.layers, self.name)
+        require_dense(model, names, self.name)
+        progress = (context or Context()).step("svd projection", len(names))
+        for name in names:
+            model = project_layer(model, name, self.rank, self.rank_ratio, self.tau, self.joint)
+            progress.update()
+        progress.close()
+        return model
