@@ -301,7 +301,7 @@ def test_bad_parameters_are_refused(params, message):
 
 
 def test_unknown_layer_names_list_the_models_layers():
-    with pytest.raises(OptionError, match="nope.*its LSTM layers: lstm_0, lstm_1"):
+    with pytest.raises(OptionError, match="nope.*LSTM layers are lstm_0, lstm_1"):
         SVDProjection(rank=2, layers="nope").apply(stack_model())
 
 

@@ -36,7 +36,7 @@ from ..model import LSTMLayer
 from ..model.weights import LowRank
 from .base import Context, Param, Transform
 from .svd import (check_rank_choice, common_rank_svd, dense_like, project_layer, readers,
-                  require_dense, select_layers)
+                  require_dense)
 
 
 def saves_params(shape, rank):
@@ -94,7 +94,7 @@ class SharedLowRank(Transform):
                               f"matrices=both or recurrent, got {self.matrices}")
 
     def apply(self, model, context=None):
-        names = select_layers(model, self.layers, self.name)
+        names = [layer.name for layer in self.selected_layers(model)]
         require_dense(model, names, self.name)
         ranks = dict(rank=self.rank, rank_ratio=self.rank_ratio, tau=self.tau)
         progress = (context or Context()).step("shared low-rank factors", len(names))

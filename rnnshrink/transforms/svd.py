@@ -236,28 +236,6 @@ def check_rank_choice(owner, params):
         raise OptionError(f"{owner}: rank_ratio must be in (0, 1], got {params['rank_ratio']}")
 
 
-def select_layers(model, layers, owner):
-    """Names of the LSTM layers a transform works on, in data-flow order.
-
-    Parameters
-    ----------
-    model : Model
-    layers : str or None
-        Comma-separated layer names; None for every LSTM layer.
-    owner : str
-        The transform's name, for messages.
-    """
-    names = [layer.name for layer in model.lstm_layers]
-    if layers is None:
-        return names
-    wanted = [name.strip() for name in layers.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in names]
-    if unknown or not wanted:
-        raise OptionError(f"{owner}: layers {layers!r} names no LSTM layer of this model "
-                          f"({', '.join(unknown)}); its LSTM layers: {', '.join(names)}")
-    return [name for name in names if name in wanted]
-
-
 def require_dense(model, names, owner):
     """Raise OptionError unless the named layers and their consumers hold Dense matrices."""
     for name in names:
@@ -435,7 +413,7 @@ class SVDProjection(Transform):
         check_rank_choice(self.name, self.params)
 
     def apply(self, model, context=None):
-        names = select_layers(model, self.layers, self.name)
+        names = [layer.name for layer in self.selected_layers(model)]
         require_dense(model, names, self.name)
         progress = (context or Context()).step("svd projection", len(names))
         for name in names:
