@@ -20,7 +20,8 @@ def probe_inputs(model, batch=8, steps=50, seed=0):
     """Seeded probe sequences for the first LSTM layer, as realistic as the file allows.
 
     Rows of the Embedding table that feeds the first LSTM when the file has one (random
-    tokens), otherwise standard normal inputs.
+    tokens; for a state dict, a tensor named like an embedding of the right width),
+    otherwise standard normal inputs.
 
     Returns
     -------
@@ -29,14 +30,29 @@ def probe_inputs(model, batch=8, steps=50, seed=0):
     """
     rng = np.random.default_rng(seed)
     first = model.lstm_layers[0]
-    embedding = _feeding(model, first, EmbeddingLayer)
-    if embedding is not None and embedding.table.shape[1] == first.input_size:
-        tokens = rng.integers(0, embedding.table.shape[0], size=(batch, steps))
-        return embedding.table[tokens].astype(np.float64), (
-            f"{batch} random token sequences of length {steps} through embedding {embedding.name}"
+    name, table = _embedding_table(model, first)
+    if table is not None:
+        tokens = rng.integers(0, table.shape[0], size=(batch, steps))
+        return table[tokens].astype(np.float64), (
+            f"{batch} random token sequences of length {steps} through embedding {name}"
         )
     x = rng.standard_normal((batch, steps, first.input_size))
     return x, f"{batch} seeded standard-normal sequences of length {steps}"
+
+
+def _embedding_table(model, first):
+    """The Embedding feeding ``first``: from the topology, else (state dicts, which do not
+    say) a 2-D pass-through tensor named like an embedding whose width is the input width."""
+    embedding = _feeding(model, first, EmbeddingLayer)
+    if embedding is not None and embedding.table.shape[1] == first.input_size:
+        return embedding.name, embedding.table
+    if first.inputs is None or model.topology == "partial":
+        for name, tensor in model.tensors.items():
+            data = tensor.data
+            if ("embed" in name.lower() and data.ndim == 2 and data.shape[1] == first.input_size
+                    and data.dtype.kind == "f"):
+                return name, data
+    return None, None
 
 
 def load_calibration(path, model):
