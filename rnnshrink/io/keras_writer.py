@@ -96,13 +96,21 @@ def _updates(model):
     return updates
 
 
+def lstm_arrays(direction):
+    """Kernel (D, 4u), recurrent kernel (u, 4u) and bias (4u,) of one direction, Keras layout.
+
+    The matrices are materialized (float64); a projection is the caller's to refuse.
+    """
+    return (from_canonical(direction.W.materialize(), "keras").T,
+            from_canonical(direction.R.materialize(), "keras").T,
+            from_canonical(direction.b, "keras"))
+
+
 def _lstm_direction(layer, direction, source):
     """Kernel (D, 4u), recurrent kernel (u, 4u) and bias of one direction, by dataset path."""
     if direction.proj is not None:
         raise OptionError(f"layer {layer.name}: Keras LSTM layers have no projection")
-    kernel = from_canonical(direction.W.materialize(), "keras").T
-    recurrent = from_canonical(direction.R.materialize(), "keras").T
-    bias = from_canonical(direction.b, "keras")
+    kernel, recurrent, bias = lstm_arrays(direction)
     if source.get("cudnn_bias") is not None:
         # inverse of Keras's CuDNNLSTM conversion: per gate block k -> k.T reshaped in C order
         kernel = np.hstack([k.T.reshape(k.shape, order="C") for k in np.hsplit(kernel, 4)])
