@@ -91,3 +91,47 @@ def compare_files(model_path, original_path, calib=None, read_options=None):
     recipe = model.meta.get("recipe", [])
     return compression_summary(summarize(original), summarize(model),
                                compare(original, model, x), recipe, probe)
+
+
+CONVERT_TARGETS = {"onnx": ".onnx", "torch": ".pt", "keras": ".h5"}
+
+
+def convert_file(model_path, to, output=None, force=False, onnx_style="auto", opset=21,
+                 read_options=None):
+    """Export a checkpoint or compressed file so a runtime can run it.
+
+    Parameters
+    ----------
+    model_path : str or os.PathLike
+        Any checkpoint rnnshrink reads, or an rnnshrink container.
+    to : {"onnx", "torch", "keras"}
+    output : str or os.PathLike, optional
+        Defaults to ``MODEL.<to>.<ext>`` beside the input.
+    onnx_style : {"auto", "scan", "folded"}
+        See :mod:`rnnshrink.io.onnx_export`.
+
+    Returns
+    -------
+    dict
+        What was written: ``output``, ``to``, ``bytes``, and the exporter's description.
+    """
+    if to not in CONVERT_TARGETS:
+        raise OptionError(f"--to must be one of {', '.join(CONVERT_TARGETS)}, got {to!r}")
+    path = Path(model_path)
+    output = Path(output) if output else path.with_name(f"{path.stem}.{to}{CONVERT_TARGETS[to]}")
+    check_output_path(output, inputs=[model_path], force=force)
+    model = io.read(model_path, **(read_options or {}))
+    if to == "onnx":
+        from .io import onnx_model
+
+        description = onnx_model.export_model(model, output, style=onnx_style, opset=opset)
+    elif to == "torch":
+        from .io import torch_export
+
+        description = torch_export.export_torch(model, output)
+    else:
+        from .io import keras_export
+
+        description = keras_export.export_keras(model, output)
+    return {"output": str(output), "to": to, "bytes": output.stat().st_size,
+            "lstm_bytes": summarize(model)["lstm_bytes"], **description}

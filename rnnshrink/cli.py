@@ -138,3 +138,39 @@ def compress(model_path, transforms, tau, recipe, output, output_format, calib, 
 
 def main():
     cli(prog_name="rnnshrink")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--to", "target", type=click.Choice(list(api.CONVERT_TARGETS)), required=True,
+              help="onnx: a graph onnxruntime runs (compact for compressed layers); torch: an "
+              "nn.LSTM state dict; keras: a Keras 3 h5 model.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output file (default MODEL.TO.EXT beside the input).")
+@click.option("--onnx-style", type=click.Choice(["auto", "scan", "folded"]), default="auto",
+              show_default=True,
+              help="scan: compact weights, recurrence in a Scan (small and fast); folded: the "
+              "standard LSTM op fed by weights rebuilt in the graph (small, dense speed); auto: "
+              "the LSTM op for dense layers, scan for compressed ones.")
+@click.option("--opset", type=int, default=21, show_default=True, help="ONNX opset (21 or later).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+@read_options
+@_library_errors
+def convert(model_path, target, output, onnx_style, opset, force, as_json, recurrent_activation,
+            allow_nonfinite):
+    """Export MODEL (a checkpoint or a compressed file) for a runtime.
+
+    Examples: rnnshrink convert small.h5 --to onnx; rnnshrink convert small.h5 --to torch
+    """
+    written = api.convert_file(model_path, target, output, force, onnx_style, opset,
+                               _read_options(recurrent_activation, allow_nonfinite))
+    if as_json:
+        _echo_json(written)
+        return
+    click.echo(f"wrote {written['output']} ({written['bytes']:,} bytes; LSTM weights "
+               f"{written['lstm_bytes']:,} bytes as stored)")
+    for note in written.get("notes", []):
+        click.echo(f"note: {note}")
+    if written.get("snippet"):
+        click.echo(written["snippet"])

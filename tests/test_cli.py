@@ -128,3 +128,29 @@ def test_failed_compress_leaves_no_output(tmp_path):
     output = tmp_path / "out.h5"
     error_line(run("compress", bad, "--tau", "0.5", "-o", output))
     assert list(tmp_path.iterdir()) == [bad]
+
+
+@pytest.mark.parametrize("target,suffix", [("onnx", ".onnx"), ("torch", ".pt"), ("keras", ".h5")])
+def test_convert_compressed_file(tmp_path, target, suffix):
+    small = tmp_path / "small.h5"
+    assert run("compress", FIXTURES / "keras2_charlm.h5", "-t", "iss:keep=0.75",
+               "-t", "quant:bits=8", "-o", small).exit_code == 0
+    output = tmp_path / f"out{suffix}"
+    result = run("convert", small, "--to", target, "-o", output, "--json")
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.output)
+    assert written["output"] == str(output) and output.exists()
+    assert written["bytes"] == output.stat().st_size
+
+
+def test_convert_refusals_leave_no_file(tmp_path):
+    small = tmp_path / "small.h5"
+    assert run("compress", FIXTURES / "keras2_charlm.h5", "-t", "svd:rank=16", "-o", small).exit_code == 0
+    output = tmp_path / "out.h5"
+    line = error_line(run("convert", small, "--to", "keras", "-o", output))
+    assert "projection" in line
+    assert not output.exists()
+    line = error_line(run("convert", small, "--to", "onnx", "--onnx-style", "folded", "-o", output))
+    assert "projection" in line and not output.exists()
+    assert "refusing to overwrite the input file" in error_line(
+        run("convert", small, "--to", "onnx", "-o", small, "--force"))

@@ -151,7 +151,7 @@ def build_stack(model, style="auto", opset=MIN_OPSET):
                              ir_version=helper.find_min_ir_version_for(opsets))
 
 
-def lstm_layer_nodes(layer, x_name, prefix, style="auto"):
+def lstm_layer_nodes(layer, x_name, prefix, style="auto", initial_h=None, initial_c=None):
     """The nodes and initializers of one LSTM layer, for use inside any graph.
 
     Parameters
@@ -162,6 +162,9 @@ def lstm_layer_nodes(layer, x_name, prefix, style="auto"):
     prefix : str
         Starts every tensor and node name made here; must be unique in the graph.
     style : {"auto", "scan", "folded"}
+    initial_h, initial_c : str, optional
+        Initial states, shapes (directions, batch, out) and (directions, batch, hidden), as the
+        ONNX ``LSTM`` op takes them; zeros when omitted.
 
     Returns
     -------
@@ -174,7 +177,7 @@ def lstm_layer_nodes(layer, x_name, prefix, style="auto"):
     """
     graph = _Graph(prefix)
     build = _lstm_op_layer if _layer_style(layer, style) == "lstm" else _scan_layer
-    y, h, c = build(graph, layer, x_name)
+    y, h, c = build(graph, layer, x_name, initial_h, initial_c)
     return graph.nodes, graph.initializers, y, h, c
 
 
@@ -239,12 +242,14 @@ def _ints(*values):
 
 # ---- layers ------------------------------------------------------------------------------
 
-def _lstm_op_layer(g, layer, x):
+def _lstm_op_layer(g, layer, x, initial_h=None, initial_c=None):
     rows = reorder(np.arange(4 * layer.hidden_size), CANONICAL, "onnx")
     directions = [_permuted(d, rows) for d in layer.directions]
     bias = np.stack([np.concatenate([d.b, np.zeros_like(d.b)]) for d in directions])
     inputs = [x, _stacked(g, [d.W for d in directions]), _stacked(g, [d.R for d in directions]),
               g.const(bias.astype(np.float32), "B")]
+    if initial_h or initial_c:
+        inputs += ["", initial_h or "", initial_c or ""]
     attributes = {"hidden_size": layer.hidden_size, "direction": _direction(layer)}
     functions = (layer.gate_activation, layer.cell_activation, layer.hidden_activation)
     if tuple(f.name for f in functions) != _DEFAULT_ACTIVATIONS:
@@ -274,7 +279,7 @@ def _parameter(function, parameter):
     return float((1.0 if parameter == "alpha" else 0.0) if value is None else value)
 
 
-def _scan_layer(g, layer, x):
+def _scan_layer(g, layer, x, initial_h=None, initial_c=None):
     dirs, hidden, out = layer.num_directions, layer.hidden_size, layer.out_size
     rows = reorder(np.arange(4 * hidden), CANONICAL, _SCAN_ORDER)
     directions = [_permuted(d, rows) for d in layer.directions]
@@ -301,8 +306,15 @@ def _scan_layer(g, layer, x):
     lead = [g.const(_ints(dirs))] if stacked else []
     batch = g.op("Shape", [x], start=1, end=2)
     zero = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
-    states = [g.op("ConstantOfShape", [g.op("Concat", lead + [batch, g.const(_ints(width))],
-                                            axis=0)], value=zero) for width in (out, hidden)]
+    states = []
+    for given, width in ((initial_h, out), (initial_c, hidden)):
+        if given and stacked:
+            states.append(given)
+        elif given:  # (1, batch, width) -> (batch, width)
+            states.append(g.op("Squeeze", [given, g.const(_ints(0))]))
+        else:
+            shape = g.op("Concat", lead + [batch, g.const(_ints(width))], axis=0)
+            states.append(g.op("ConstantOfShape", [shape], value=zero))
     recurrent = _factors(g, [d.R for d in directions], stacked)
     projection = _factors(g, [d.proj for d in directions], stacked) if layer.proj_size else []
     body = _scan_body(layer, recurrent, projection, g.name("body") + "_")

@@ -46,7 +46,7 @@ def write(model, output_path):
     proto = onnx.ModelProto()
     proto.CopyFrom(model.meta["onnx_model"])
     weights = [(layer, _onnx_weights(layer)) for layer in model.lstm_layers]
-    uses = _uses(proto)
+    uses = tensor_uses(proto)
     taken = {name for g in graphs(proto.graph) for name in
              [t.name for t in g.initializer] + [v.name for v in g.input]
              + [out for node in g.node for out in node.output]}
@@ -63,14 +63,14 @@ def write(model, output_path):
                 tensor = next(t for t in owner.initializer if t.name == origin["name"])
                 tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
                 continue
-            name = _fresh(f"{layer.source['node'] or 'LSTM'}_{role}_rnnshrink", taken)
+            name = fresh_name(f"{layer.source['node'] or 'LSTM'}_{role}_rnnshrink", taken)
             graph.initializer.append(numpy_helper.from_array(array, name))
             node.input.extend([""] * (LSTM_SLOTS[role] + 1 - len(node.input)))
             node.input[LSTM_SLOTS[role]] = name
             stale += [origin] if origin else []
     _write_tensors(proto, model)
-    _prune(proto, stale)
-    _save(proto, model.meta["onnx_model"], Path(output_path))
+    prune_unused(proto, stale)
+    save_checked(proto, model.meta["onnx_model"], Path(output_path))
 
 
 def _onnx_weights(layer):
@@ -115,7 +115,7 @@ def _write_tensors(proto, model):
                                                    new.data.tobytes(), raw=True))
 
 
-def _uses(proto):
+def tensor_uses(proto):
     """How often each tensor name is read: node inputs of every graph, and graph outputs."""
     uses = Counter()
     for graph in graphs(proto.graph):
@@ -124,7 +124,7 @@ def _uses(proto):
     return uses
 
 
-def _fresh(name, taken):
+def fresh_name(name, taken):
     candidate, k = name, 1
     while candidate in taken:
         candidate, k = f"{name}_{k}", k + 1
@@ -132,9 +132,9 @@ def _fresh(name, taken):
     return candidate
 
 
-def _prune(proto, origins):
+def prune_unused(proto, origins):
     """Remove the constant nodes and initializers of replaced weights that nothing reads now."""
-    uses = _uses(proto)
+    uses = tensor_uses(proto)
     nodes = {}  # (address, index) -> node, every candidate node
     for origin in origins:
         for address, output in origin["nodes"]:
@@ -170,7 +170,7 @@ def _hashable(address):
     return tuple(tuple(step) for step in address)
 
 
-def _save(proto, original, output):
+def save_checked(proto, original, output):
     """Check, then write atomically: inline below the protobuf limit, else with a .data file."""
     if proto.ByteSize() < _INLINE_LIMIT:
         _check(proto, original)
@@ -202,8 +202,9 @@ def _check(model, original):
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        try:
-            onnx.checker.check_model(original, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError):
-            return
+        if original is not None:  # None: a graph rnnshrink built itself, no excuse
+            try:
+                onnx.checker.check_model(original, full_check=True)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError):
+                return
         raise RnnshrinkError(f"the written ONNX graph fails onnx.checker: {error}") from None
