@@ -182,3 +182,20 @@ def apply_checked(transform, model):
     out = transform.apply(model)
     assert_unchanged(model, before)
     return out, assert_contract(model, out, probe_inputs(model)[0])
+
+
+def fixture(name):
+    """Path of a fixture file (skips the test when it has not been generated)."""
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"fixture {name} not generated yet")
+    return path
+
+
+def model_of(name, step=None):
+    """A fixture read into the IR, after one pipeline step when ``step`` is given."""
+    import rnnshrink
+    from rnnshrink.pipeline import Pipeline, parse_step
+
+    model = rnnshrink.read(fixture(name))
+    return Pipeline([parse_step(step)]).run(model) if step else model

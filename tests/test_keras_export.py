@@ -14,7 +14,8 @@ import rnnshrink
 from rnnshrink.errors import OptionError
 from rnnshrink.io.keras_export import export_keras
 from rnnshrink.model import Activation, DenseLayer, EmbeddingLayer, run_stack
-from rnnshrink.pipeline import Pipeline, parse_step
+
+from _models import fixture, model_of
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TOLERANCE = 1e-6
@@ -30,18 +31,6 @@ CASES = [
     ("keras3_bidir_hardsig.h5", None),
     ("onnx_bidir.onnx", None),
 ]
-
-
-def fixture(name):
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"fixture {name} not generated yet")
-    return path
-
-
-def model_of(name, step=None):
-    model = rnnshrink.read(fixture(name))
-    return Pipeline([parse_step(step)]).run(model) if step else model
 
 
 def layout(path, skip=("model_config",)):

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import rnnshrink
 from rnnshrink.errors import OptionError
 from rnnshrink.io.torch_export import export_torch
 from rnnshrink.model import run_stack
-from rnnshrink.pipeline import Pipeline, parse_step
+
+from _models import fixture, model_of
 
 from _models import lstm_layer, stack_model
 
@@ -32,18 +32,6 @@ CASES = [
     ("onnx_bidir.onnx", None),
     ("onnx_bidir.onnx", "iss:keep=0.5"),
 ]
-
-
-def fixture(name):
-    path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"fixture {name} not generated yet")
-    return path
-
-
-def model_of(name, step=None):
-    model = rnnshrink.read(fixture(name))
-    return Pipeline([parse_step(step)]).run(model) if step else model
 
 
 def input_of(model):

@@ -49,7 +49,7 @@ from ..model import HARD_SIGMOID_KERAS2, HARD_SIGMOID_KERAS3, Activation, DenseL
 from .atomic import atomic_path
 from .keras_h5 import ACTIVATIONS
 from .keras_writer import lstm_arrays
-from .torch_export import lstm_stack, materialized
+from .exporting import lstm_stack, materialized
 
 KERAS_VERSION = "3.15.1"  # the Keras 3 release whose legacy h5 saver this layout reproduces
 BACKEND = "tensorflow"

@@ -71,7 +71,7 @@ from ..errors import OptionError, RnnshrinkError
 from ..model.weights import Dense, LowRank, Quantized, Sparse, index_encoding, to_bfloat16_bits
 from .atomic import atomic_path
 from .gates import CANONICAL, reorder
-from .torch_export import lstm_stack
+from .exporting import lstm_stack
 
 STYLES = ("auto", "scan", "folded")
 MIN_OPSET = 21  # INT4 and blocked DequantizeLinear

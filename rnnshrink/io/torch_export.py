@@ -11,7 +11,7 @@ are ``lstm0``, ``lstm1``, ... run one after the other. Keys are those of
 What ``nn.LSTM`` can hold: an SVD projection (``proj_size``) and removed units (a smaller
 ``hidden_size``) keep their compact shapes; every other representation (low-rank, sparse,
 quantized, float16 / bfloat16 / float64 storage) is written materialized as dense float32, and
-:func:`materialized` lists each such matrix for the returned description. Biases:
+:func:`~rnnshrink.io.exporting.materialized` lists each such matrix for the returned description. Biases:
 ``bias_hh`` is the file's original recurrent bias where the layer has one at its current shape
 (PyTorch and ONNX sources) and ``bias_ih = b - bias_hh``; otherwise ``bias_hh = 0`` and
 ``bias_ih = b``. Refused: gate / cell / hidden activations other than sigmoid / tanh / tanh,
@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import OptionError
 from ..model import SIGMOID, TANH
 from .atomic import atomic_path
+from .exporting import lstm_stack, materialized
 from .gates import from_canonical, to_canonical
 from .torch_checkpoint import to_float
 from .torch_pickle import StoredTensor, save_state
@@ -90,52 +91,6 @@ def export_torch(model, output):
                      "hidden_size, keep their compact shapes)")
     return {"modules": modules, "materialized": found, "notes": notes,
             "snippet": _snippet(modules, output, layers)}
-
-
-def lstm_stack(model):
-    """The LSTM layers of ``model`` in order, checked to chain (each reads the previous output).
-
-    Raises
-    ------
-    OptionError
-        No LSTM layer, or a layer whose input width is not the previous layer's output width.
-    """
-    layers = model.lstm_layers
-    if not layers:
-        raise OptionError("the model has no LSTM layer to export")
-    for before, after in zip(layers, layers[1:]):
-        if after.input_size != before.output_size:
-            raise OptionError(
-                f"LSTM layers {before.name} and {after.name} do not chain: {before.name} outputs "
-                f"{before.output_size} features, {after.name} expects {after.input_size}")
-    return layers
-
-
-def materialized(layers):
-    """One line per matrix that an exporter writes as dense float32 but that is stored otherwise.
-
-    Parameters
-    ----------
-    layers : list of LSTMLayer
-
-    Returns
-    -------
-    list of str
-        E.g. ``"lstm_l1 forward R: lowrank (rank=32) -> dense float32"``.
-    """
-    found = []
-    for layer in layers:
-        for k, direction in enumerate(layer.directions):
-            side = "forward" if k == 0 and not layer.reverse_only else "reverse"
-            for role, weight in direction.matrices.items():
-                details = weight.describe()
-                if details["kind"] == "dense" and details["dtype"] == "float32":
-                    continue
-                shown = ", ".join(f"{key}={value}" for key, value in details.items()
-                                  if key not in ("kind", "shape", "U", "V"))
-                found.append(f"{layer.name} {side} {role}: {details['kind']} ({shown}) "
-                             "-> dense float32")
-    return found
 
 
 def _check_expressible(layer):
