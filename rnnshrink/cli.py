@@ -54,7 +54,7 @@ def _read_options(recurrent_activation, allow_nonfinite):
 def _progress(description, total):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, unit="matrix", leave=False, disable=None)
+    return tqdm(total=total, desc=description, unit="layer", leave=False, disable=None)
 
 
 def _echo_json(data):

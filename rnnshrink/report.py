@@ -91,9 +91,29 @@ def _size(n):
 
 
 def _representation(layer):
-    kinds = sorted({w["kind"] for w in layer["weights"].values()})
-    dtypes = sorted({w["dtype"] for w in layer["weights"].values() if "dtype" in w})
-    return ",".join(kinds) + (f" {','.join(dtypes)}" if dtypes else "")
+    """How the layer's matrices are stored, e.g. ``W q4/group64, R lowrank r15 (q8/row)``."""
+    parts = {}
+    for role, weight in layer["weights"].items():
+        parts.setdefault(_weight_text(weight), []).append(role)
+    if len(parts) == 1:
+        return next(iter(parts))
+    return ", ".join(f"{'/'.join(roles)} {text}" for text, roles in parts.items())
+
+
+def _weight_text(weight):
+    kind = weight["kind"]
+    if kind == "dense":
+        return weight["dtype"]
+    if kind == "lowrank":
+        factors = {_weight_text(weight["U"]), _weight_text(weight["V"])}
+        return f"lowrank r{weight['rank']} ({'/'.join(sorted(factors))})"
+    if kind == "quantized":
+        text = f"q{weight['bits']}/{weight['scales']}"
+    else:
+        text = weight["dtype"]
+    if "sparsity" in weight:
+        text += f" sparse {100 * weight['sparsity']:.0f}%"
+    return text
 
 
 def format_table(summary):
