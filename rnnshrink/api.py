@@ -62,7 +62,7 @@ def compress_file(model_path, steps, output=None, output_format="rnnshrink", cal
     check_output_path(output, inputs=[model_path], force=force)
     original = io.read(model_path, **(read_options or {}))
     x, probe = probes_for(original, calib)
-    compressed = pipeline.run(original, Context(progress=progress))
+    compressed = pipeline.run(original, Context(progress=progress, inputs=x, probe=probe))
     summary = compression_summary(summarize(original), summarize(compressed),
                                   compare(original, compressed, x), pipeline.specs(), probe)
     if output_format == "rnnshrink":

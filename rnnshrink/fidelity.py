@@ -11,10 +11,8 @@ layer's error.
 import numpy as np
 
 from .errors import OptionError
-from .model import DenseLayer, EmbeddingLayer, LSTMLayer, OtherLayer, run_layer
-
-_IDENTITY_KINDS = ("dropout", "identity", "masking", "spatialdropout")
-
+from .model import DenseLayer, EmbeddingLayer
+from .model.network import consumers_through_identity, feeding_layer, run_model
 
 def probe_inputs(model, batch=8, steps=50, seed=0):
     """Seeded probe sequences for the first LSTM layer, as realistic as the file allows.
@@ -43,7 +41,7 @@ def probe_inputs(model, batch=8, steps=50, seed=0):
 def _embedding_table(model, first):
     """The Embedding feeding ``first``: from the topology, else (state dicts, which do not
     say) a 2-D pass-through tensor named like an embedding whose width is the input width."""
-    embedding = _feeding(model, first, EmbeddingLayer)
+    embedding = feeding_layer(model, first, EmbeddingLayer)
     if embedding is not None and embedding.table.shape[1] == first.input_size:
         return embedding.name, embedding.table
     if first.inputs is None or model.topology == "partial":
@@ -67,33 +65,6 @@ def load_calibration(path, model):
     if not np.all(np.isfinite(x)):
         raise OptionError(f"{path}: calibration inputs hold NaN or Inf")
     return x.astype(np.float64), f"{x.shape[0]} sequences of length {x.shape[1]} from {path}"
-
-
-def run_model(model, x, seed=0):
-    """Run every LSTM layer of ``model``, each on the input the file says it gets.
-
-    A layer fed by an LSTM layer gets that layer's output sequence; the first layer gets
-    ``x``; a layer with another input gets seeded normal inputs of its width (the same for any
-    model with the same layer widths).
-
-    Returns
-    -------
-    dict of str to tuple (y, h, c)
-    """
-    outputs = {}
-    previous = None
-    for index, layer in enumerate(model.lstm_layers):
-        feeder = _feeding_lstm(model, layer, previous)
-        if feeder is not None:
-            inputs = outputs[feeder.name][0]
-        elif previous is None:
-            inputs = x
-        else:
-            rng = np.random.default_rng(seed + 1000 + index)
-            inputs = rng.standard_normal(x.shape[:2] + (layer.input_size,))
-        outputs[layer.name] = run_layer(layer, inputs)
-        previous = layer
-    return outputs
 
 
 def compare(original, compressed, x, seed=0):
@@ -149,36 +120,5 @@ def _apply_dense(layer, y):
 
 def _head(model, layer):
     """The Dense layer consuming ``layer``'s output directly or through identity layers."""
-    return next((c for c in _consumers_through_identity(model, layer.name)
+    return next((c for c in consumers_through_identity(model, layer.name)
                  if isinstance(c, DenseLayer)), None)
-
-
-def _consumers_through_identity(model, name):
-    for consumer in model.consumers(name):
-        if isinstance(consumer, OtherLayer) and consumer.kind.lower().startswith(_IDENTITY_KINDS):
-            yield from _consumers_through_identity(model, consumer.name)
-        else:
-            yield consumer
-
-
-def _feeding(model, layer, kind):
-    """The layer of type ``kind`` feeding ``layer`` (through identity layers), if the file says."""
-    names = list(layer.inputs or ())
-    while names:
-        try:
-            candidate = model.layer(names.pop())
-        except KeyError:
-            continue
-        if isinstance(candidate, kind):
-            return candidate
-        if isinstance(candidate, OtherLayer) and candidate.kind.lower().startswith(_IDENTITY_KINDS):
-            names.extend(candidate.inputs or ())
-    return None
-
-
-def _feeding_lstm(model, layer, previous):
-    if layer.inputs is not None:
-        return _feeding(model, layer, LSTMLayer)
-    if previous is not None and previous.output_size == layer.input_size:
-        return previous
-    return None

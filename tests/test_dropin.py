@@ -7,7 +7,8 @@ import pytest
 
 import rnnshrink
 from rnnshrink.dropin import expand_to_original, write_same
-from rnnshrink.fidelity import compare, probe_inputs, run_model
+from rnnshrink.fidelity import compare, probe_inputs
+from rnnshrink.model.network import run_model
 from rnnshrink.pipeline import Pipeline, parse_step
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -139,10 +139,25 @@ class Transform:
 
 @dataclass
 class Context:
-    """What a transform may use besides the model: a progress callback, a random seed."""
+    """What a transform may use besides the model.
+
+    Parameters
+    ----------
+    progress : callable, optional
+        ``progress(description, total)`` returning a counter with ``update()`` / ``close()``.
+    seed : int
+    inputs : ndarray of shape (batch, time, input), optional
+        Calibration inputs of the first LSTM layer (the user's ``--calib``, or the probes
+        rnnshrink makes); data-aware transforms trace them through the model with
+        :func:`rnnshrink.model.network.trace_model`.
+    probe : str
+        What ``inputs`` are, for summaries.
+    """
 
     progress: object = None
     seed: int = 0
+    inputs: object = None
+    probe: str = ""
 
     def step(self, description, total):
         """A progress counter with ``update(n)`` and ``close()`` over ``total`` items."""
