@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from rnnshrink.errors import InputError
-from rnnshrink.io.torch_pickle import StoredTensor, load_state, save_state
+from rnnshrink.io.torch_pickle import StoredTensor, load_state
+from rnnshrink.io.torch_writer import save_state
 from test_torch_checkpoint import TORCH_FILES, fixture
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

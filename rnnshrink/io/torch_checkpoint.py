@@ -28,7 +28,8 @@ from ..errors import InputError, OptionError
 from ..model import Dense, LSTMDirection, LSTMLayer, Model, Tensor
 from .atomic import atomic_path
 from .gates import from_canonical, to_canonical
-from .torch_pickle import StoredTensor, load_state, save_state
+from .torch_pickle import StoredTensor, load_state
+from .torch_writer import save_state
 
 _KEY = re.compile(
     r"^(?P<module>(?:.*\.)?)(?P<role>weight_ih|weight_hh|weight_hr|bias_ih|bias_hh)"

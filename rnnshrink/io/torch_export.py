@@ -32,7 +32,8 @@ from .atomic import atomic_path
 from .exporting import lstm_stack, materialized
 from .gates import from_canonical, to_canonical
 from .torch_checkpoint import to_float
-from .torch_pickle import StoredTensor, save_state
+from .torch_pickle import StoredTensor
+from .torch_writer import save_state
 
 MODULE_CLASS = "torch.nn.LSTM"
 # IR attribute -> the one value nn.LSTM has for it

@@ -35,8 +35,8 @@ import numpy as np
 
 from ..errors import OptionError
 from ..model import DenseLayer, LSTMLayer
+from ._consumers import dense_like, readers, require_dense
 from .base import Context, Param, Transform
-from .svd import dense_like, readers, require_dense
 
 EPS = 1e-8
 

@@ -34,9 +34,9 @@ import dataclasses
 from ..errors import OptionError
 from ..model import LSTMLayer
 from ..model.weights import LowRank
+from ._consumers import check_rank_choice, dense_like, readers, require_dense
 from .base import Context, Param, Transform
-from .svd import (check_rank_choice, common_rank_svd, dense_like, project_layer, readers,
-                  require_dense)
+from .svd import common_rank_svd, project_layer
 
 
 def saves_params(shape, rank):

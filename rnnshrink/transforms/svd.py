@@ -52,9 +52,10 @@ import numpy as np
 import scipy.linalg
 from scipy.sparse.linalg import ArpackNoConvergence, svds
 
-from ..errors import OptionError
-from ..model import Dense, DenseLayer, LSTMLayer
+from ..model import LSTMLayer
 from ..model.weights import LowRank
+from ._consumers import (check_rank_choice, dense_like, reader_weights, readers,
+                         rebuild_readers, require_dense)
 from .base import Context, Param, Transform
 
 # ARPACK (scipy.sparse.linalg.svds) beats LAPACK gesdd only for a few triplets of a wide matrix:
@@ -225,52 +226,6 @@ def refit_reader(K, proj):
                            rcond=None)[0].T
 
 
-def check_rank_choice(owner, params):
-    """Raise OptionError unless exactly one of ``tau``, ``rank``, ``rank_ratio`` is set and a
-    ``rank_ratio`` is in (0, 1]."""
-    given = [key for key in ("tau", "rank", "rank_ratio") if params[key] is not None]
-    if len(given) != 1:
-        raise OptionError(f"{owner}: give exactly one of tau, rank, rank_ratio, "
-                          f"got {', '.join(given) or 'none'}")
-    if params["rank_ratio"] is not None and params["rank_ratio"] <= 0:
-        raise OptionError(f"{owner}: rank_ratio must be in (0, 1], got {params['rank_ratio']}")
-
-
-def require_dense(model, names, owner):
-    """Raise OptionError unless the named layers and their consumers hold Dense matrices."""
-    for name in names:
-        layer = model.layer(name)
-        found, _ = readers(model, layer)
-        weights = [(f"{name} {role}", weight) for direction in layer.directions
-                   for role, weight in direction.matrices.items()]
-        weights += [(f"{c.name} W", w) for c in found or () for w in _reader_weights(c)]
-        for where, weight in weights:
-            if not isinstance(weight, Dense):
-                raise OptionError(f"{owner} needs dense weights, but {where} is {weight.kind}: "
-                                  f"{owner} must come before prune/quant")
-
-
-def readers(model, layer):
-    """The layers that read ``layer``'s output and can be refit, or None and why not.
-
-    Returns
-    -------
-    found : list of LSTMLayer or DenseLayer, or None
-    reason : str
-        Why the consumer is unknown ('' when found).
-    """
-    found = model.consumers(layer.name)
-    if not found:
-        return None, "consumer unknown"
-    for consumer in found:
-        if not isinstance(consumer, (LSTMLayer, DenseLayer)):
-            return None, f"consumer {consumer.name} ({consumer.kind}) cannot be refit"
-        width = consumer.input_size if isinstance(consumer, LSTMLayer) else consumer.W.shape[1]
-        if consumer.inputs != [layer.name] or width != layer.output_size:
-            return None, f"consumer {consumer.name} reads more than this layer"
-    return found, ""
-
-
 def project_layer(model, name, rank=None, rank_ratio=None, tau=None, joint=False):
     """Apply the SVD projection to one LSTM layer of ``model`` and refit its consumers.
 
@@ -292,7 +247,7 @@ def project_layer(model, name, rank=None, rank_ratio=None, tau=None, joint=False
     if found is None:
         return _factor_in_place(model, layer, reason, rank, rank_ratio, tau)
     joint_used = joint and all(isinstance(c, LSTMLayer) for c in found)
-    reading = [(c, w) for c in found for w in _reader_weights(c)]
+    reading = [(c, w) for c in found for w in reader_weights(c)]
     out = layer.out_size
     inputs, stacks = [], []
     for d, direction in enumerate(layer.directions):
@@ -311,7 +266,7 @@ def project_layer(model, name, rank=None, rank_ratio=None, tau=None, joint=False
         new_blocks.append(shared if joint_used else [refit_reader(b, proj) for b in blocks])
     new_layer = dataclasses.replace(layer, directions=directions,
                                     source={**layer.source, "svd_rank": r})
-    new_readers = _rebuild_readers(reading, [np.hstack(b) for b in zip(*new_blocks)])
+    new_readers = rebuild_readers(reading, [np.hstack(b) for b in zip(*new_blocks)])
     how = "joint SVD with " if joint_used else "least-squares refit of "
     detail = (f"rank {r} of {layer.hidden_size}{_rule_text(rule, r)}, projection added, "
               f"{how}{', '.join(c.name for c in found)}")
@@ -358,34 +313,6 @@ def _m_space(proj):
         return lambda matrix: matrix
     projection = proj.materialize()
     return lambda matrix: matrix @ projection
-
-
-def _reader_weights(consumer):
-    """The matrices of ``consumer`` that read its input: a Dense W, or each direction's W."""
-    if isinstance(consumer, DenseLayer):
-        return [consumer.W]
-    return [direction.W for direction in consumer.directions]
-
-
-def _rebuild_readers(reading, matrices):
-    """New consumer layers with their input matrices replaced by ``matrices``."""
-    weights = {}
-    for (consumer, old), values in zip(reading, matrices):
-        weights.setdefault(consumer.name, (consumer, []))[1].append(dense_like(values, old))
-    rebuilt = {}
-    for name, (consumer, new) in weights.items():
-        if isinstance(consumer, DenseLayer):
-            rebuilt[name] = dataclasses.replace(
-                consumer, W=new[0], source={**consumer.source, "changed": True})
-        else:
-            directions = [dataclasses.replace(d, W=w) for d, w in zip(consumer.directions, new)]
-            rebuilt[name] = dataclasses.replace(consumer, directions=directions)
-    return rebuilt
-
-
-def dense_like(values, like):
-    """A Dense of ``values`` held and stored like the Dense ``like``."""
-    return Dense(np.asarray(values).astype(like.values.dtype), like.stored_dtype)
 
 
 def _rule_text(rule, r):
