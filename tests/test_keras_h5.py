@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rnnshrink.errors import InputError, OptionError
-from rnnshrink.io import keras_h5, read
+from rnnshrink.io import keras_config, keras_h5, read
 from rnnshrink.model import (
     HARD_SIGMOID_KERAS2,
     HARD_SIGMOID_KERAS3,
@@ -279,5 +279,5 @@ def test_inbound_forms():
     keras3 = [{"args": [{"class_name": "__keras_tensor__",
                          "config": {"shape": [None, 8], "keras_history": ["lstm", 0, 0]}}],
                "kwargs": {"mask": None}}]
-    assert keras_h5._inbound(keras2) == ["embedding"]
-    assert keras_h5._inbound(keras3) == ["lstm"]
+    assert keras_config._inbound(keras2) == ["embedding"]
+    assert keras_config._inbound(keras3) == ["lstm"]

@@ -1,18 +1,7 @@
 """Keras checkpoints: HDF5 files of Keras 2, tf.keras and Keras 3, and the Keras 3 ``.keras`` zip.
 
-Layouts
--------
-legacy
-    ``model.save("x.h5")`` (weights under ``model_weights/``, ``model_config`` JSON in the root
-    attributes) and ``save_weights("x.h5")`` (the same groups at the root, no config) of Keras 2,
-    tf.keras and Keras 3. The attribute ``layer_names`` lists the layer groups, each group's
-    ``weight_names`` its datasets in ``get_weights()`` order.
-keras3
-    ``save_weights("x.weights.h5")`` and the ``model.weights.h5`` inside a ``.keras`` zip
-    (read in memory, never extracted): ``layers/<key>/cell/vars/0, 1, 2`` (kernel, recurrent
-    kernel, bias), ``forward_layer`` / ``backward_layer`` for Bidirectional. ``<key>`` is the
-    snake-case class name made unique, mapped to the layer by the ``name`` attribute of its
-    ``vars`` group (or, in files without it, by replaying Keras's naming).
+The zip is read in memory, never extracted. Which layers a file holds, what feeds each and where
+their datasets are (the legacy and keras3 layouts) is :mod:`rnnshrink.io.keras_config`.
 
 Weights: LSTM kernel ``(D, 4u)`` -> ``W = kernel.T``, recurrent kernel ``(u, 4u)`` -> ``R``,
 bias ``(4u,)``, gates i, f, c, o. CuDNNLSTM stores each gate block in cuDNN order and an ``8u``
@@ -52,27 +41,13 @@ from ..model import (
 )
 from . import ZIP_MAGIC
 from .gates import to_canonical
+from .keras_config import Keras3, Legacy, attr_text, config_specs, dataset_path, list_attr, snake
 
 WEIGHT_DTYPES = ("float16", "float32", "float64")
 # Keras activation names rnnshrink evaluates under the same name ("hard_sigmoid" is by version).
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "linear", "softsign", "softplus", "elu")
 RECURRENT_OPTION = ("sigmoid", "hard_sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3")
 LSTM_CLASSES = ("LSTM", "CuDNNLSTM")
-# keras3 layout: where each layer class keeps its variables, below layers/<key>.
-KERAS3_VARS = {
-    "LSTM": ("cell/vars",),
-    "Bidirectional": ("forward_layer/cell/vars", "backward_layer/cell/vars"),
-    "Dense": ("vars",),
-    "TimeDistributed": ("layer/vars",),
-    "Embedding": ("vars",),
-}
-
-
-class _Spec(NamedTuple):
-    name: str
-    cls: str
-    config: dict
-    inputs: list
 
 
 class _Source(NamedTuple):
@@ -130,9 +105,9 @@ def _open(path):
         return
     with _h5(path, path) as h5:
         attrs = h5.attrs
-        config = json.loads(_text(attrs["model_config"])) if "model_config" in attrs else None
-        version = _text(attrs["keras_version"]) if "keras_version" in attrs else None
-        backend = _text(attrs["backend"]) if "backend" in attrs else None
+        config = json.loads(attr_text(attrs["model_config"])) if "model_config" in attrs else None
+        version = attr_text(attrs["keras_version"]) if "keras_version" in attrs else None
+        backend = attr_text(attrs["backend"]) if "backend" in attrs else None
         yield _Source(h5, config, version, backend, "h5", None)
 
 
@@ -158,15 +133,15 @@ def _inner_name(path, archive):
 
 def _build(path, source, option):
     h5 = source.h5
-    if "layers" in h5 and not _names(h5, "layer_names"):
-        store, keras3 = _Keras3(h5, source.config), True
-    elif _names(h5.get("model_weights", h5), "layer_names"):
-        store, keras3 = _Legacy(path, h5), _version(source.version)[0] >= 3
+    if "layers" in h5 and not list_attr(h5, "layer_names"):
+        store, keras3 = Keras3(h5, source.config), True
+    elif list_attr(h5.get("model_weights", h5), "layer_names"):
+        store, keras3 = Legacy(path, h5), _version(source.version)[0] >= 3
     else:
         raise InputError(path, "HDF5 file is not a Keras model or weights file (no layer_names, no layers/)")
     notes = []
     if source.config is not None:
-        specs, topology = _config_specs(source.config), "known"
+        specs, topology = config_specs(source.config), "known"
         gate = None
         if option:
             notes.append(f"recurrent_activation={option} ignored: the file's layer config gives it")
@@ -229,47 +204,6 @@ def _default_gate(version, keras3, option, notes):
     return gate
 
 
-def _config_specs(config):
-    body = config.get("config")
-    layers = body if isinstance(body, list) else body["layers"]
-    sequential = config.get("class_name") == "Sequential"
-    specs, previous = [], None
-    for entry in layers:
-        conf = entry["config"]
-        name = entry.get("name") or conf["name"]
-        if sequential:
-            inputs = [previous] if previous else []
-        else:
-            inputs = _inbound(entry.get("inbound_nodes") or [])
-        specs.append(_Spec(name, entry["class_name"], conf, inputs))
-        previous = name
-    return specs
-
-
-def _inbound(nodes):
-    """Layer names feeding a layer, from Keras 2 ``[[name, i, j, {}]]`` or Keras 3 node dicts."""
-    names = []
-
-    def walk(item):
-        if isinstance(item, dict):
-            config = item.get("config")
-            history = config.get("keras_history") if isinstance(config, dict) else None
-            if isinstance(history, list):
-                names.append(history[0])
-            else:
-                for value in item.values():
-                    walk(value)
-        elif isinstance(item, list):
-            if len(item) >= 3 and isinstance(item[0], str) and isinstance(item[1], int):
-                names.append(item[0])
-            else:
-                for value in item:
-                    walk(value)
-
-    walk(nodes)
-    return list(dict.fromkeys(names))
-
-
 def _layer(path, spec, store, keras3, gate, notes):
     """The IR layer of one Keras layer; LSTMs are strict, Dense / Embedding fall back to Other."""
     cls, conf = spec.cls, spec.config
@@ -279,7 +213,8 @@ def _layer(path, spec, store, keras3, gate, notes):
     datasets = store.datasets(spec.name, cls)
     plain = all(d.dtype.name in WEIGHT_DTYPES for d in datasets)
     if cls == "Embedding" and plain and len(datasets) == 1:
-        return EmbeddingLayer(spec.name, datasets[0][()], spec.inputs, {"embeddings": _path(datasets[0])})
+        return EmbeddingLayer(spec.name, datasets[0][()], spec.inputs,
+                              {"embeddings": dataset_path(datasets[0])})
     if plain and (cls == "Dense" or (cls == "TimeDistributed" and wrapped.get("class_name") == "Dense")):
         layer = _dense_layer(spec, datasets, keras3, wrapped.get("config") or conf)
         if layer is not None:
@@ -287,7 +222,7 @@ def _layer(path, spec, store, keras3, gate, notes):
     if _contains_lstm(conf):
         raise InputError(path, f"layer {spec.name} ({cls}) holds an LSTM rnnshrink cannot read "
                                "(only top-level LSTM, CuDNNLSTM and Bidirectional(LSTM) layers)")
-    return OtherLayer(spec.name, _snake(cls) if cls else "unknown", spec.inputs, {"class_name": cls})
+    return OtherLayer(spec.name, snake(cls) if cls else "unknown", spec.inputs, {"class_name": cls})
 
 
 def _lstm_layer(path, spec, datasets, keras3, gate, notes):
@@ -316,7 +251,7 @@ def _lstm_layer(path, spec, datasets, keras3, gate, notes):
     per_dir = len(datasets) // n_dirs
     if per_dir not in (2, 3) or per_dir * n_dirs != len(datasets) or (cudnn and per_dir != 3):
         raise InputError(path, f"layer {spec.name}: expected kernel, recurrent kernel and bias "
-                               f"datasets, found {len(datasets)} ({', '.join(map(_path, datasets))})")
+                               f"datasets, found {len(datasets)} ({', '.join(map(dataset_path, datasets))})")
     if not weights_only and not cudnn and inner_conf.get("use_bias", True) != (per_dir == 3):
         raise InputError(path, f"layer {spec.name}: use_bias={inner_conf.get('use_bias')} "
                                f"but {per_dir} datasets per direction")
@@ -365,7 +300,7 @@ def _direction(path, name, datasets, cudnn, units):
         bias_dtype=arrays[-1].dtype.name,
     )
     keys = ("kernel", "recurrent_kernel", "bias")
-    source = {key: _path(d) for key, d in zip(keys, datasets)}
+    source = {key: dataset_path(d) for key, d in zip(keys, datasets)}
     if cudnn:
         source["cudnn_bias"] = arrays[2]
     return direction, source
@@ -383,8 +318,8 @@ def _dense_layer(spec, datasets, keras3, conf):
         bias_dtype=(kernel if bias is None else bias).dtype.name,
         activation=_activation(name, keras3),
         inputs=spec.inputs,
-        source={"class_name": spec.cls, "activation": name, "kernel": _path(kernel),
-                "bias": None if bias is None else _path(bias)},
+        source={"class_name": spec.cls, "activation": name, "kernel": dataset_path(kernel),
+                "bias": None if bias is None else dataset_path(bias)},
     )
 
 
@@ -397,7 +332,7 @@ def _activation(keras_name, keras3):
 
 def _array(path, name, dataset):
     if dataset.dtype.name not in WEIGHT_DTYPES:
-        raise InputError(path, f"layer {name}: dataset {_path(dataset)} has dtype {dataset.dtype}, "
+        raise InputError(path, f"layer {name}: dataset {dataset_path(dataset)} has dtype {dataset.dtype}, "
                                f"expected one of {', '.join(WEIGHT_DTYPES)}")
     return dataset[()]
 
@@ -407,131 +342,6 @@ def _contains_lstm(item):
         lstm = item.get("class_name") in LSTM_CLASSES + ("LSTMCell",)
         return lstm or any(map(_contains_lstm, item.values()))
     return isinstance(item, list) and any(map(_contains_lstm, item))
-
-
-class _Legacy:
-    """``[model_weights/]<layer>/<weight_name>`` with ``layer_names`` / ``weight_names`` attrs."""
-
-    def __init__(self, path, h5):
-        self.path = path
-        self.root = h5["model_weights"] if "model_weights" in h5 else h5
-
-    def datasets(self, name, cls=None):
-        if name not in self.root:
-            return []
-        group = self.root[name]
-        found = []
-        for weight in _names(group, "weight_names"):
-            if weight not in group or not isinstance(group[weight], h5py.Dataset):
-                raise InputError(self.path, f"layer {name}: dataset {weight} listed in weight_names is missing")
-            found.append(group[weight])
-        return found
-
-    def guess_specs(self):
-        return [_guess_spec(n, self.datasets(n), n) for n in _names(self.root, "layer_names")]
-
-
-class _Keras3:
-    """``layers/<key>/.../vars/<n>``: the Keras 3 ``.weights.h5`` layout."""
-
-    def __init__(self, h5, config):
-        self.layers = h5["layers"]
-        self.keys = {}
-        by_name = {}
-        for key, group in self.layers.items():
-            named = group["vars"].attrs.get("name") if "vars" in group else None
-            if named is not None:
-                by_name[_text(named)] = key
-        if config is not None:
-            used = {}
-            sequential = config.get("class_name") == "Sequential"
-            for spec in _config_specs(config):
-                if not (sequential and spec.cls == "InputLayer"):
-                    key = _unique(_snake(spec.cls), used)
-                    self.keys[spec.name] = by_name.get(spec.name, key)
-        else:
-            named = {key: name for name, key in by_name.items()}
-            self.keys = {named.get(key, key): key for key in self.layers}
-
-    def datasets(self, name, cls):
-        key = self.keys.get(name)
-        found = []
-        for sub in KERAS3_VARS.get(cls, ("vars",)):
-            group = self.layers.get(f"{key}/{sub}") if key is not None else None
-            if group is None:
-                continue
-            found += [group[n] for n in sorted(group, key=int) if isinstance(group[n], h5py.Dataset)]
-        return found
-
-    def guess_specs(self):
-        specs = []
-        for name, key in self.keys.items():
-            cls = "Bidirectional" if "forward_layer" in self.layers[key] else "LSTM"
-            specs.append(_guess_spec(name, self.datasets(name, cls), key))
-        return specs
-
-
-def _guess_spec(name, datasets, key):
-    """A weights-only layer recognised by its weight shapes: LSTM, CuDNNLSTM, Bidirectional.
-
-    A layer that Keras named as an LSTM (``key`` like ``lstm_2``) stays one even when its shapes
-    do not fit, so that the LSTM reader reports what is wrong.
-    """
-    shapes = [d.shape for d in datasets]
-
-    def lstm(group):
-        if len(group) not in (2, 3) or len(group[0]) != 2 or len(group[1]) != 2:
-            return None
-        u = group[1][0]
-        if group[0][1] != 4 * u or group[1][1] != 4 * u:
-            return None
-        if len(group) == 2 or group[2] == (4 * u,):
-            return "LSTM"
-        return "CuDNNLSTM" if group[2] == (8 * u,) else None
-
-    single = lstm(shapes)
-    if single:
-        return _Spec(name, single, {}, None)
-    half = len(shapes) // 2
-    paths = [_path(d) for d in datasets]
-    inner = lstm(shapes[:half]) if len(shapes) in (4, 6) else None
-    if inner and lstm(shapes[half:]) == inner and "forward" in paths[0] and "backward" in paths[half]:
-        return _Spec(name, "Bidirectional", {"layer": {"class_name": inner, "config": {}}}, None)
-    return _Spec(name, "LSTM" if re.fullmatch(r"(cu_dnn)?lstm(_\d+)?", key) else None, {}, None)
-
-
-def _names(group, key):
-    """A list attribute, joined from ``key0, key1, ...`` when Keras split it for size."""
-    if key in group.attrs:
-        values = list(np.atleast_1d(group.attrs[key]))
-    else:
-        values, k = [], 0
-        while f"{key}{k}" in group.attrs:
-            values += list(np.atleast_1d(group.attrs[f"{key}{k}"]))
-            k += 1
-    return [_text(v) for v in values]
-
-
-def _text(value):
-    return value.decode("utf8") if isinstance(value, bytes) else str(value)
-
-
-def _path(dataset):
-    return dataset.name.lstrip("/")
-
-
-def _snake(name):
-    name = re.sub(r"\W+", "", name)
-    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-def _unique(name, used):
-    if name in used:
-        used[name] += 1
-        return f"{name}_{used[name]}"
-    used[name] = 0
-    return name
 
 
 def _version(text):
