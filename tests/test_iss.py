@@ -7,16 +7,18 @@ import pytest
 
 import rnnshrink
 from rnnshrink.errors import OptionError
-from rnnshrink.fidelity import probe_inputs
+from rnnshrink.fidelity import compare, probe_inputs
 from rnnshrink.model import HARD_SIGMOID_KERAS2, Activation, Dense, run_stack
-from rnnshrink.transforms import ISS, MagnitudePrune
+from rnnshrink.transforms import ISS, Context, MagnitudePrune
 from rnnshrink.transforms.iss import (
+    data_units,
     gate_rows,
     group_energy,
     group_norms,
     proximal_factors,
     shrink_groups,
 )
+from rnnshrink.transforms.whitening import refit_on_data
 
 from _models import (
     FIXTURES,
@@ -314,3 +316,57 @@ def test_contract_across_formats(name):
     # its width with half its units zeroed.
     widths = [layer.hidden_size for layer in out.lstm_layers]
     assert widths == ([64, 128] if name == "charlm.pt" else [64, 64])
+
+
+# --- data-aware unit choice and refit ------------------------------------------------------
+
+def test_data_refit_with_white_data_is_slicing_and_least_squares_otherwise():
+    rng = np.random.default_rng(5)
+    K, units = rng.normal(size=(9, 8)), np.array([0, 2, 3, 7])
+    np.testing.assert_allclose(refit_on_data(K, np.eye(8)[units], np.eye(8)), K[:, units],
+                               atol=1e-12)
+    m = rng.normal(size=(400, 8)) @ rng.normal(size=(8, 8))
+    fitted = refit_on_data(K, np.eye(8)[units], m.T @ m / len(m))
+    best = np.linalg.lstsq(m[:, units], m @ K.T, rcond=None)[0].T
+    np.testing.assert_allclose(fitted, best, rtol=1e-6, atol=1e-9)
+
+
+def test_data_units_with_white_data_keep_the_largest_reader_columns():
+    K = np.random.default_rng(6).normal(size=(5, 10)) * np.arange(1, 11)
+    largest = np.sort(np.argsort(-np.linalg.norm(K, axis=0))[:4])
+    np.testing.assert_array_equal(data_units(K, np.eye(10), 4), largest)
+
+
+def test_data_units_remove_a_unit_that_copies_another():
+    # unit 2 always equals unit 0: removing it costs nothing once unit 0's reader takes over
+    rng = np.random.default_rng(7)
+    m = rng.normal(size=(300, 4)) * [1.0, 0.5, 1.0, 0.7]
+    m[:, 2] = m[:, 0]
+    K = rng.normal(size=(6, 4))
+    kept = data_units(K, m.T @ m / len(m), 3)
+    assert len(set(kept.tolist()) & {0, 2}) == 1
+
+
+def test_data_variant_beats_the_plain_one_at_equal_size_on_the_trained_char_lm():
+    model = charlm("keras2_charlm.h5")
+    x = probe_inputs(model)[0]
+    plain = ISS(keep=0.75).apply(model)
+    data = ISS(keep=0.75, data=True).apply(model, Context(inputs=x))
+    assert [l.nbytes for l in data.lstm_layers] == [l.nbytes for l in plain.lstm_layers]
+    assert (compare(model, data, x)["output_rel_error"]
+            < 0.8 * compare(model, plain, x)["output_rel_error"])
+
+
+def test_data_variant_with_unknown_consumer_keeps_the_most_active_units():
+    model = stack_model(sizes=(6, 20, 16), known=False)
+    x = probe_inputs(model)[0]
+    out = ISS(keep=0.5, data=True, layers="lstm_1").apply(model, Context(inputs=x))
+    y = run_stack(model.lstm_layers, x)[-1][0]
+    energy = (y.reshape(-1, 16) ** 2).mean(axis=0)
+    zeroed = out.layer("lstm_1").source["iss_zeroed"][0]
+    assert sorted(zeroed) == sorted(np.argsort(energy)[:8].tolist())
+
+
+def test_data_variant_needs_calibration_inputs():
+    with pytest.raises(OptionError, match="iss: data=true needs calibration inputs"):
+        ISS(keep=0.5, data=True).apply(stack_model())

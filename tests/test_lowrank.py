@@ -135,3 +135,53 @@ def test_non_dense_input_is_refused():
     factored = SharedLowRank(rank=2, layers="lstm_1").apply(model)
     with pytest.raises(OptionError, match="lstm_1 W is lowrank: lowrank must come before"):
         SharedLowRank(rank=2).apply(factored)
+
+
+# --- data-aware (whitened) factors ---------------------------------------------------------
+
+def test_whitened_factors_minimise_the_error_on_data():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(600, 10)) * np.geomspace(3, 0.01, 10)  # very uneven input energy
+    W = Dense(rng.normal(size=(24, 10)))
+    C = X.T @ X / len(X)
+    _, [plain] = factor_directions([W], rank=3)
+    _, [data] = factor_directions([W], rank=3, moments=[C])
+    on_data = [np.linalg.norm((W.values - f.materialize()) @ X.T) for f in (plain, data)]
+    assert on_data[1] < 0.5 * on_data[0]
+    # the optimum: best rank-3 approximation of W X^T (Eckart-Young), so nothing beats it
+    U, s, Vt = np.linalg.svd(W.values @ X.T, full_matrices=False)
+    assert np.isclose(on_data[1], np.sqrt(np.sum(s[3:] ** 2)), rtol=1e-6)
+
+
+def test_data_variant_with_white_data_is_the_plain_one(monkeypatch):
+    from rnnshrink.transforms import Context, lowrank
+
+    def moments(model, x, name):
+        layer = model.layer(name)
+        return np.eye(layer.input_size), [np.eye(layer.out_size)] * layer.num_directions
+
+    monkeypatch.setattr(lowrank, "layer_moments", moments)
+    for share_next in (False, True):
+        model = stack_model(sizes=(6, 20, 16), directions=(2, 1))
+        x = probe_inputs(model)[0]
+        plain = SharedLowRank(rank=4, share_next=share_next).apply(model)
+        data = SharedLowRank(rank=4, share_next=share_next, data=True).apply(
+            model, Context(inputs=x))
+        assert [l.nbytes for l in data.lstm_layers] == [l.nbytes for l in plain.lstm_layers]
+        assert compare(plain, data, x)["output_rel_error"] < 1e-5
+
+
+def test_data_variant_beats_the_plain_one_at_equal_size_on_the_trained_char_lm():
+    from rnnshrink.transforms import Context
+
+    model = charlm("keras2_charlm.h5")
+    x = probe_inputs(model)[0]
+    plain = SharedLowRank(rank=32).apply(model)
+    data = SharedLowRank(rank=32, data=True).apply(model, Context(inputs=x))
+    assert [l.nbytes for l in data.lstm_layers] == [l.nbytes for l in plain.lstm_layers]
+    assert error(model, data, x) < 0.8 * error(model, plain, x)
+
+
+def test_data_variant_needs_calibration_inputs():
+    with pytest.raises(OptionError, match="lowrank: data=true needs calibration inputs"):
+        SharedLowRank(rank=3, data=True).apply(stack_model())

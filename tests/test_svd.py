@@ -10,7 +10,7 @@ from rnnshrink.errors import OptionError
 from rnnshrink.fidelity import compare, probe_inputs
 from rnnshrink.model import Dense, LSTMLayer, OtherLayer, run_stack
 from rnnshrink.model.weights import LowRank
-from rnnshrink.transforms import svd
+from rnnshrink.transforms import Context, svd
 from rnnshrink.transforms.svd import (
     SVDProjection,
     projection_rank,
@@ -18,6 +18,7 @@ from rnnshrink.transforms.svd import (
     singular_triplets,
     split_projection,
 )
+from rnnshrink.transforms.whitening import refit_on_data
 
 from _models import (
     apply_checked,
@@ -313,3 +314,64 @@ def test_non_dense_input_is_refused():
     model = model.replace_layer("lstm_0", dataclasses.replace(layer, directions=[factored]))
     with pytest.raises(OptionError, match="lstm_0 R is lowrank: svd must come before prune/quant"):
         SVDProjection(rank=2).apply(model)
+
+
+# --- data-aware (whitened) variant ---------------------------------------------------------
+
+def white_moments(module, monkeypatch):
+    """Make ``module``'s data-aware transforms see white data: every ``C = I``."""
+    def moments(model, x, name):
+        layer = model.layer(name)
+        return np.eye(layer.input_size), [np.eye(layer.out_size)] * layer.num_directions
+
+    monkeypatch.setattr(module, "layer_moments", moments)
+
+
+@pytest.mark.parametrize("params, build", [
+    (dict(rank=5), lambda: stack_model(sizes=(6, 20, 16))),
+    (dict(tau=0.8, joint=True), lambda: stack_model(sizes=(6, 20, 16))),
+    (dict(rank=5), lambda: stack_model(sizes=(6, 20, 16), directions=(2, 2), known=False)),
+    (dict(rank=4), lambda: stack_model(sizes=(6, 20, 16), directions=(2, 1))),
+])
+def test_data_variant_with_white_data_is_the_plain_one(params, build, monkeypatch):
+    white_moments(svd, monkeypatch)
+    model = build()
+    x = probe_inputs(model)[0]
+    plain = SVDProjection(**params).apply(model)
+    data = SVDProjection(**params, data=True).apply(model, Context(inputs=x))
+    assert [l.nbytes for l in data.lstm_layers] == [l.nbytes for l in plain.lstm_layers]
+    assert compare(plain, data, x)["output_rel_error"] < 1e-5
+
+
+def test_whitened_refit_is_the_least_squares_fit_on_data():
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(500, 12)) @ rng.normal(size=(12, 12))  # correlated states
+    K, proj = rng.normal(size=(7, 12)), rng.normal(size=(4, 12))
+    fitted = refit_on_data(K, proj, m.T @ m / len(m))
+    best = np.linalg.lstsq(m @ proj.T, m @ K.T, rcond=None)[0].T
+    np.testing.assert_allclose(fitted, best, rtol=1e-6, atol=1e-9)
+
+
+def test_data_variant_beats_the_plain_one_at_equal_size_on_the_trained_char_lm():
+    model = charlm("keras2_charlm.h5")
+    x = probe_inputs(model)[0]
+    plain = SVDProjection(rank=32).apply(model)
+    for joint in (False, True):
+        data = SVDProjection(rank=32, joint=joint, data=True).apply(model, Context(inputs=x))
+        assert [l.nbytes for l in data.lstm_layers] == [l.nbytes for l in plain.lstm_layers]
+        assert error(model, data, x) < 0.8 * error(model, plain, x)
+    assert "whitened by calibration data" in data.notes[-1]
+
+
+def test_data_variant_composes_an_existing_projection():
+    model = stack_model(sizes=(6, 20, 16), proj=8)
+    x = probe_inputs(model)[0]
+    out = SVDProjection(rank=3, data=True).apply(model, Context(inputs=x))
+    assert out.layer("lstm_1").proj_size == 3
+    assert out.layer("lstm_1").directions[0].proj.shape == (3, 16)
+    assert error(model, out, x) < error(model, SVDProjection(rank=3).apply(model), x)
+
+
+def test_data_variant_needs_calibration_inputs():
+    with pytest.raises(OptionError, match="svd: data=true needs calibration inputs"):
+        SVDProjection(rank=3, data=True).apply(stack_model())

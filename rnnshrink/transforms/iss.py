@@ -22,6 +22,16 @@ a removed unit's gate rows, biases and recurrent column are zeroed instead, whic
 refused); this saves no bytes by itself. Layers are processed in data-flow order, so a layer
 that is also a consumer has its input columns sliced before its own groups are measured.
 
+``data=true`` (how many units survive is decided as above) chooses *which* by their effect on
+calibration data: with ``C = E[m mᵀ]`` of the layer's real outputs (traced on the model as
+compressed so far; floored, :mod:`.whitening`), units are removed greedily by the least
+increase of ``E‖K m − K_new m_kept‖²`` over the matrices that read them (the consumers'
+columns and the layer's own ``R``; :func:`data_units`), and those matrices (the consumers and
+the kept rows of ``R``) are refit by least squares on the survivors' states,
+``K_new = K C[:, kept] C[kept, kept]⁻¹``. With ``C = I`` the refit is the plain slicing. With
+an unknown consumer (units zeroed in place, nothing can compensate) the units of largest
+``E[m_k²]`` are kept.
+
 References
 ----------
 Wen et al., "Learning Intrinsic Sparse Structures within Long Short-Term Memory", ICLR 2018,
@@ -37,6 +47,7 @@ from ..errors import OptionError
 from ..model import DenseLayer, LSTMLayer
 from ._consumers import dense_like, readers, require_dense
 from .base import Context, Param, Transform
+from .whitening import calibration, floored, layer_moments, refit_on_data
 
 EPS = 1e-8
 
@@ -133,6 +144,40 @@ def top_units(energy, count):
     return np.sort(np.argsort(-energy, kind="stable")[:count])
 
 
+def data_units(readers, C, count):
+    """The ``count`` units whose removal least changes what ``readers`` compute on data.
+
+    Greedy optimal brain surgeon on ``E‖K m − K_new m_kept‖²``: removing unit ``q`` with the
+    best least-squares compensation of the others costs ``‖K[:, q]‖² / [C⁻¹]_qq``; the
+    cheapest is removed, ``K`` compensated (``K −= K[:, q] C⁻¹[q, :] / C⁻¹_qq``) and ``C⁻¹``
+    downdated to the survivors, until ``count`` remain.
+
+    Parameters
+    ----------
+    readers : ndarray of shape (rows, H)
+        The stacked matrices that read the units (consumer columns, the layer's own ``R``).
+    C : ndarray of shape (H, H)
+        ``E[m mᵀ]`` of the units' outputs on calibration data (floored).
+    count : int
+
+    Returns
+    -------
+    ndarray of int
+        The kept units in increasing order.
+    """
+    K = np.array(readers, dtype=np.float64)
+    inverse = np.linalg.inv(floored(C))
+    alive = np.ones(len(inverse), dtype=bool)
+    for _ in range(len(inverse) - count):
+        diagonal = np.diag(inverse)
+        cost = np.where(alive, (K**2).sum(axis=0) / np.where(alive, diagonal, 1.0), np.inf)
+        q = int(np.argmin(cost))
+        K -= np.outer(K[:, q], inverse[q]) / inverse[q, q]
+        inverse -= np.outer(inverse[:, q], inverse[q]) / inverse[q, q]
+        alive[q] = False
+    return np.flatnonzero(alive)
+
+
 def gate_rows(units, hidden):
     """Row indices of units ``units`` in all four gate blocks of a (4H, ·) matrix."""
     return np.concatenate([g * hidden + np.asarray(units, dtype=int) for g in range(4)])
@@ -162,6 +207,8 @@ class ISS(Transform):
         "lam": Param(float, 0.0, 0.0, None, help="group-lasso proximal strength (0: off)"),
         "keep": Param(float, None, 0.0, 1.0, help="fraction of hidden units kept, by group norm"),
         "threshold": Param(float, None, 0.0, None, help="keep units whose group norm exceeds it"),
+        "data": Param(bool, False, help="choose the units by their effect on the readers' "
+                                        "outputs on calibration data, refit the readers on it"),
         "layers": Param(str, None, help="comma-separated LSTM layer names (default: all)"),
     }
 
@@ -182,15 +229,19 @@ class ISS(Transform):
                     f"iss: layer {name} has a projection (proj_size={layer.proj_size}); "
                     "ISS removes units of h, so iss must come before svd"
                 )
+        x = calibration(context, self.name) if self.data else None
         progress = context.step("iss", len(names))
         for name in names:
-            model = self._apply_layer(model, model.layer(name))
+            # traced on the model as compressed so far: later layers see earlier errors
+            moments = layer_moments(model, x, name)[1] if self.data else None
+            model = self._apply_layer(model, model.layer(name), moments)
             progress.update()
         progress.close()
         return model
 
-    def _apply_layer(self, model, layer):
-        """``model`` with ISS applied to ``layer`` (and its consumers)."""
+    def _apply_layer(self, model, layer, moments=None):
+        """``model`` with ISS applied to ``layer`` (and its consumers); ``moments``: per
+        direction ``E[m mᵀ]`` on calibration data (data-aware), or None."""
         consumers, why = readers(model, layer)
         reading = _reading(consumers)
         hidden = layer.hidden_size
@@ -210,21 +261,39 @@ class ISS(Transform):
                 f"(lam={self.lam}, threshold={self.threshold}); lower them"
             )
         if consumers is None:
-            return _zero_units(model, layer, shrunk, energies, counts, why)
+            # data-aware: nothing downstream can compensate, so keep the units of most E[m_k²]
+            scores = energies if moments is None else [np.diag(C) for C in moments]
+            return _zero_units(model, layer, shrunk, scores, counts, why)
         # The directions of a layer share one hidden size: keep the larger count in both.
-        kept = [top_units(e, max(counts)) for e in energies]
-        return _remove_units(model, layer, reading, shrunk, kept)
+        if moments is None:
+            kept = [top_units(e, max(counts)) for e in energies]
+        else:
+            kept = [data_units(np.vstack(arrays[3] + [arrays[1]]), C, max(counts))
+                    for arrays, C in zip(shrunk, moments)]
+        return _remove_units(model, layer, reading, shrunk, kept, moments)
 
 
-def _remove_units(model, layer, reading, shrunk, kept):
-    """Slice the kept units out of ``layer`` and the matching columns out of its consumers."""
+def _remove_units(model, layer, reading, shrunk, kept, moments=None):
+    """Slice the kept units out of ``layer`` and the matching columns out of its consumers.
+
+    With ``moments`` (per direction ``C = E[m mᵀ]``), the matrices reading the units (the
+    consumers' columns, the kept rows of ``R``) are refit by least squares on the survivors'
+    states, ``K_new = K C[:, kept] C[kept, kept]⁻¹``, instead of sliced.
+    """
     hidden = layer.hidden_size
+    moments = moments or [None] * len(kept)
+
+    def survivors(K, units, C):  # what reads the kept units
+        if C is None:
+            return K[:, units]
+        return refit_on_data(K, np.eye(hidden)[units], C).astype(K.dtype)
+
     directions = []
-    for direction, (W, R, b, _), units in zip(layer.directions, shrunk, kept):
+    for direction, (W, R, b, _), units, C in zip(layer.directions, shrunk, kept, moments):
         rows = gate_rows(units, hidden)
         directions.append(dataclasses.replace(
             direction, W=dense_like(W[rows], direction.W),
-            R=dense_like(R[rows][:, units], direction.R), b=b[rows],
+            R=dense_like(survivors(R[rows], units, C), direction.R), b=b[rows],
         ))
     earlier = layer.source.get("iss_kept") or [list(range(hidden))] * len(kept)
     source = {**layer.source,
@@ -232,8 +301,8 @@ def _remove_units(model, layer, reading, shrunk, kept):
     replaced = {layer.name: dataclasses.replace(layer, directions=directions, source=source)}
     for j, (consumer, k, old) in enumerate(reading):
         # Direction d's units are columns d·H + k: the kept ones of each direction, in order.
-        values = np.concatenate([arrays[3][j][:, units] for arrays, units in zip(shrunk, kept)],
-                                axis=1)
+        values = np.concatenate([survivors(arrays[3][j], units, C)
+                                 for arrays, units, C in zip(shrunk, kept, moments)], axis=1)
         current = replaced.get(consumer.name, consumer)
         if isinstance(consumer, DenseLayer):
             replaced[consumer.name] = dataclasses.replace(

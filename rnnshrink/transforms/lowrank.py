@@ -12,6 +12,12 @@ norm), so ``z = U (V x) + U' (V' h) + b``. The rank per matrix comes from ``rank
 (:func:`rnnshrink.transforms.svd.projection_rank`). A matrix is kept dense when the factors
 would not save parameters (``r · (rows + cols) >= rows · cols``).
 
+``data=true`` factors each matrix to minimise the error of what it computes on calibration
+data, ``E‖(M − U V) v‖²`` with ``C = E[v vᵀ]`` of its real inputs (``x`` for ``W``, the
+layer's output ``h_{t−1}`` for ``R``, traced on the model as compressed so far; floored,
+:mod:`.whitening`): ``M C^{1/2} = U S Vᵀ``, ``U = U_r S_r``, ``V = V_rᵀ C^{-1/2}``; ``tau``
+then refers to the energy of ``M C^{1/2}``. With ``C = I`` this is the plain factorization.
+
 ``share_next=true`` shares ``V`` between the recurrent matrix of layer l and the input
 matrices of the LSTM layers reading h^l: the stacked SVD ``[R_l; W_{l+1}] = U S Vᵀ`` whose
 shared factor ``S_r V_rᵀ`` is a projection of h^l — exactly the joint SVD projection of
@@ -37,6 +43,7 @@ from ..model.weights import LowRank
 from ._consumers import check_rank_choice, dense_like, readers, require_dense
 from .base import Context, Param, Transform
 from .svd import common_rank_svd, project_layer
+from .whitening import calibration, layer_moments, sqrt_pair, whiten
 
 
 def saves_params(shape, rank):
@@ -45,7 +52,7 @@ def saves_params(shape, rank):
     return rank * (rows + cols) < rows * cols
 
 
-def factor_directions(matrices, rank=None, rank_ratio=None, tau=None):
+def factor_directions(matrices, rank=None, rank_ratio=None, tau=None, moments=None):
     """Shared-gate factors of one matrix role of a layer's directions, at one rank.
 
     Parameters
@@ -54,17 +61,23 @@ def factor_directions(matrices, rank=None, rank_ratio=None, tau=None):
         The same role (``W`` or ``R``) in each direction.
     rank, rank_ratio, tau : exactly one given; see
         :func:`rnnshrink.transforms.svd.common_rank_svd`
+    moments : list of ndarray of shape (cols, cols), optional
+        Per direction, ``C = E[v vᵀ]`` of the vectors the matrix reads on calibration data:
+        the factors then minimise ``E‖(M − U V) v‖²`` (SVD of ``M C^{1/2}``).
 
     Returns
     -------
     r : int
     factored : list of LowRank
         ``LowRank(Dense(U_r S_r), Dense(V_rᵀ))`` of shapes (4H, r) and (r, cols), stored like
-        the input matrix.
+        the input matrix (data-aware: ``V = V_rᵀ C^{-1/2}``).
     """
-    r, factors, _ = common_rank_svd([m.materialize() for m in matrices], rank, rank_ratio, tau)
-    factored = [LowRank(dense_like(U * s, m), dense_like(Vt, m))
-                for m, (U, s, Vt) in zip(matrices, factors)]
+    pairs = [(None, None)] * len(matrices) if moments is None else [sqrt_pair(C) for C in moments]
+    r, factors, _ = common_rank_svd(
+        [whiten(m.materialize(), root) for m, (root, _) in zip(matrices, pairs)],
+        rank, rank_ratio, tau)
+    factored = [LowRank(dense_like(U * s, m), dense_like(whiten(Vt, inverse), m))
+                for m, (U, s, Vt), (_, inverse) in zip(matrices, factors, pairs)]
     return r, factored
 
 
@@ -84,6 +97,8 @@ class SharedLowRank(Transform):
                           help="which matrices to factor"),
         "share_next": Param(bool, False,
                             help="share V between R of layer l and W of layer l+1 (a projection)"),
+        "data": Param(bool, False, help="minimise the error of W x and R h on calibration "
+                                        "data (whitened factors)"),
         "layers": Param(str, None, help="comma-separated LSTM layer names (default: all)"),
     }
 
@@ -97,37 +112,46 @@ class SharedLowRank(Transform):
         names = [layer.name for layer in self.selected_layers(model)]
         require_dense(model, names, self.name)
         ranks = dict(rank=self.rank, rank_ratio=self.rank_ratio, tau=self.tau)
-        progress = (context or Context()).step("shared low-rank factors", len(names))
+        context = context or Context()
+        x = calibration(context, self.name) if self.data else None
+        progress = context.step("shared low-rank factors", len(names))
         shared_inputs = set()
         for name in names:
+            moments = layer_moments(model, x, name) if self.data else None
             roles = {"both": ("W", "R"), "input": ("W",), "recurrent": ("R",)}[self.matrices]
             if name in shared_inputs:
                 roles = tuple(role for role in roles if role != "W")
             found, _ = readers(model, model.layer(name))
             if self.share_next and found and all(isinstance(c, LSTMLayer) for c in found):
                 before = model.layer(name)
-                model = project_layer(model, name, joint=True, **ranks)
+                model = project_layer(model, name, joint=True, **ranks,
+                                      moments=moments and moments[1])
                 if model.layer(name) is not before:
                     shared_inputs.update(c.name for c in found)
                 roles = tuple(role for role in roles if role != "R")
-            model = self._factor_layer(model, name, roles, ranks)
+            model = self._factor_layer(model, name, roles, ranks, moments)
             progress.update()
         progress.close()
         return model
 
-    def _factor_layer(self, model, name, roles, ranks):
-        """``model`` with the ``roles`` matrices of layer ``name`` factored, plus one note."""
+    def _factor_layer(self, model, name, roles, ranks, moments):
+        """``model`` with the ``roles`` matrices of layer ``name`` factored, plus one note.
+
+        ``moments``: ``(E[x xᵀ], [E[h hᵀ] per direction])`` of the layer (data-aware), or None.
+        """
         layer = model.layer(name)
         directions, parts = list(layer.directions), []
         for role in roles:
             matrices = [getattr(d, role) for d in directions]
-            r, factored = factor_directions(matrices, **ranks)
+            reads = None if moments is None else (
+                [moments[0]] * len(matrices) if role == "W" else moments[1])
+            r, factored = factor_directions(matrices, **ranks, moments=reads)
             if not saves_params(matrices[0].shape, r):
                 parts.append(f"{role} {matrices[0].shape[0]}x{matrices[0].shape[1]} kept dense "
                              f"(rank {r} would not save parameters)")
                 continue
             directions = [dataclasses.replace(d, **{role: f}) for d, f in zip(directions, factored)]
-            parts.append(f"{role} rank {r}")
+            parts.append(f"{role} rank {r}" + ("" if reads is None else " (whitened by data)"))
         if not parts:
             return model
         ranks_used = {role: weight.rank for role, weight in directions[0].matrices.items()

@@ -24,6 +24,18 @@ of the LSTM layers that read its output share one projection::
 
 A layer read by a Dense layer (the last one) falls back to the least-squares refit.
 
+``data=true`` minimises the error of what the readers compute on calibration data instead of
+the weights' error: with ``C = E[h hᵀ]`` the second moment of the layer's output on the
+calibration inputs (``h = m`` without a projection; floored, :mod:`.whitening`)::
+
+    M C^{1/2} = U S Vᵀ            M = R, or the joint stack [R ; K_1 ; ...]
+    proj  = S_r V_rᵀ C^{-1/2} (P0)   R_new = U_r   (tau: energy of M C^{1/2}, the pre-activations)
+    K_new = argmin E‖K h − K_new proj h‖² = K C projᵀ (proj C projᵀ)⁻¹   (not joint)
+
+The statistics are traced on the model as compressed so far. A layer with a projection ``P0``
+is whitened in its output (``h``) space and the new projection composed with ``P0``. With
+``C = I`` this is the plain variant.
+
 Rules of this implementation (each applied one is written to ``model.notes``):
 
 * the rank is at least 1 (CLSTM's rule gives 0 for ``tau = 0``); both directions of a layer use
@@ -57,6 +69,7 @@ from ..model.weights import LowRank
 from ._consumers import (check_rank_choice, dense_like, reader_weights, readers,
                          rebuild_readers, require_dense)
 from .base import Context, Param, Transform
+from .whitening import calibration, layer_moments, refit_on_data, sqrt_pair, whiten
 
 # ARPACK (scipy.sparse.linalg.svds) beats LAPACK gesdd only for a few triplets of a wide matrix:
 # measured on 4096 x 1024, k = 32 takes half the time of the full SVD, k = 128 1.6 times it.
@@ -226,7 +239,8 @@ def refit_reader(K, proj):
                            rcond=None)[0].T
 
 
-def project_layer(model, name, rank=None, rank_ratio=None, tau=None, joint=False):
+def project_layer(model, name, rank=None, rank_ratio=None, tau=None, joint=False,
+                  moments=None):
     """Apply the SVD projection to one LSTM layer of ``model`` and refit its consumers.
 
     Parameters
@@ -236,6 +250,9 @@ def project_layer(model, name, rank=None, rank_ratio=None, tau=None, joint=False
     rank, rank_ratio, tau : exactly one given; see :func:`common_rank_svd`
     joint : bool
         Share the projection with the input matrices of consuming LSTM layers.
+    moments : list of ndarray of shape (out, out), optional
+        Per direction, ``C = E[h hᵀ]`` of the layer's output on calibration data: the
+        data-aware variant (SVD of ``M C^{1/2}``, consumers refit on data; module docstring).
 
     Returns
     -------
@@ -245,49 +262,60 @@ def project_layer(model, name, rank=None, rank_ratio=None, tau=None, joint=False
     layer = model.layer(name)
     found, reason = readers(model, layer)
     if found is None:
-        return _factor_in_place(model, layer, reason, rank, rank_ratio, tau)
+        return _factor_in_place(model, layer, reason, rank, rank_ratio, tau, moments)
     joint_used = joint and all(isinstance(c, LSTMLayer) for c in found)
     reading = [(c, w) for c in found for w in reader_weights(c)]
     out = layer.out_size
+    # plain: SVD of the maps of m (M P0); data-aware: of M C^{1/2}, M reading h
+    pairs = _root_pairs(layer, moments)
     inputs, stacks = [], []
-    for d, direction in enumerate(layer.directions):
-        lift = _m_space(direction.proj)
+    for d, (direction, (root, _)) in enumerate(zip(layer.directions, pairs)):
+        lift = _m_space(direction.proj if moments is None else None)
         blocks = [lift(w.materialize()[:, d * out:(d + 1) * out]) for _, w in reading]
         inputs.append(blocks)
         recurrent = lift(direction.R.materialize())
-        stacks.append(np.vstack([recurrent] + blocks) if joint_used else recurrent)
+        stacks.append(whiten(np.vstack([recurrent] + blocks) if joint_used else recurrent, root))
     r, factors, rule = common_rank_svd(stacks, rank, rank_ratio, tau)
     directions, new_blocks = [], []
-    for direction, blocks, (U, s, Vt) in zip(layer.directions, inputs, factors):
+    for d, (direction, blocks, (U, s, Vt)) in enumerate(zip(layer.directions, inputs, factors)):
         heights = [direction.R.shape[0]] + ([b.shape[0] for b in blocks] if joint_used else [])
         proj, [R_new, *shared] = split_projection(U, s, Vt, heights)
+        if moments is not None:  # proj = S_r V_rᵀ C^{-1/2} reads h = P0 m: composed with P0
+            proj = whiten(proj, pairs[d][1])
+            new_blocks.append(shared or [refit_on_data(b, proj, moments[d]) for b in blocks])
+            proj = proj if direction.proj is None else proj @ direction.proj.materialize()
+        else:
+            new_blocks.append(shared or [refit_reader(b, proj) for b in blocks])
         directions.append(dataclasses.replace(
             direction, R=dense_like(R_new, direction.R), proj=dense_like(proj, direction.R)))
-        new_blocks.append(shared if joint_used else [refit_reader(b, proj) for b in blocks])
     new_layer = dataclasses.replace(layer, directions=directions,
                                     source={**layer.source, "svd_rank": r})
     new_readers = rebuild_readers(reading, [np.hstack(b) for b in zip(*new_blocks)])
     how = "joint SVD with " if joint_used else "least-squares refit of "
-    detail = (f"rank {r} of {layer.hidden_size}{_rule_text(rule, r)}, projection added, "
-              f"{how}{', '.join(c.name for c in found)}")
+    detail = (f"rank {r} of {layer.hidden_size}{_rule_text(rule, r)}"
+              f"{'' if moments is None else ' (whitened by calibration data)'}, "
+              f"projection added, {how}{', '.join(c.name for c in found)}")
     if joint and not joint_used:
         detail += " (joint needs LSTM consumers)"
     return _commit(model, layer, new_layer, new_readers, detail)
 
 
-def _factor_in_place(model, layer, reason, rank, rank_ratio, tau):
-    """Unknown consumer: ``R ≈ U_r (S_r V_rᵀ)`` stored as LowRank, output width unchanged."""
-    r, factors, rule = common_rank_svd([d.R.materialize() for d in layer.directions],
-                                       rank, rank_ratio, tau)
+def _factor_in_place(model, layer, reason, rank, rank_ratio, tau, moments=None):
+    """Unknown consumer: ``R ≈ U_r (S_r V_rᵀ)`` stored as LowRank, output width unchanged
+    (data-aware: ``R C^{1/2} ≈ U_r S_r V_rᵀ``, ``R ≈ U_r (S_r V_rᵀ C^{-1/2})``)."""
+    pairs = _root_pairs(layer, moments)
+    r, factors, rule = common_rank_svd(
+        [whiten(d.R.materialize(), root) for d, (root, _) in zip(layer.directions, pairs)],
+        rank, rank_ratio, tau)
     directions = []
-    for direction, (U, s, Vt) in zip(layer.directions, factors):
+    for direction, (U, s, Vt), (_, inverse) in zip(layer.directions, factors, pairs):
         proj, [R_new] = split_projection(U, s, Vt, [U.shape[0]])
-        R = LowRank(dense_like(R_new, direction.R), dense_like(proj, direction.R))
+        R = LowRank(dense_like(R_new, direction.R), dense_like(whiten(proj, inverse), direction.R))
         directions.append(dataclasses.replace(direction, R=R))
     new_layer = dataclasses.replace(layer, directions=directions,
                                     source={**layer.source, "svd_rank": r})
-    detail = (f"{reason}, recurrent matrix factored at rank {r}{_rule_text(rule, r)} "
-              f"without projection")
+    detail = (f"{reason}, recurrent matrix factored at rank {r}{_rule_text(rule, r)}"
+              f"{'' if moments is None else ' (whitened by calibration data)'} without projection")
     return _commit(model, layer, new_layer, {}, detail)
 
 
@@ -315,6 +343,13 @@ def _m_space(proj):
     return lambda matrix: matrix @ projection
 
 
+def _root_pairs(layer, moments):
+    """Per direction ``(C^{1/2}, C^{-1/2})`` of ``moments``, or ``(None, None)`` (plain)."""
+    if moments is None:
+        return [(None, None)] * layer.num_directions
+    return [sqrt_pair(C) for C in moments]
+
+
 def _rule_text(rule, r):
     if all(k == r for k in rule):
         return ""
@@ -333,6 +368,8 @@ class SVDProjection(Transform):
         "rank": Param(int, None, 1, None, help="projection rank"),
         "rank_ratio": Param(float, None, 0.0, 1.0, help="rank as a fraction of the hidden size"),
         "joint": Param(bool, False, help="share the projection with the next LSTM's input matrix"),
+        "data": Param(bool, False, help="minimise the error of the readers' outputs on "
+                                        "calibration data (whitened SVD)"),
         "layers": Param(str, None, help="comma-separated LSTM layer names (default: all)"),
     }
 
@@ -340,11 +377,16 @@ class SVDProjection(Transform):
         check_rank_choice(self.name, self.params)
 
     def apply(self, model, context=None):
+        context = context or Context()
         names = [layer.name for layer in self.selected_layers(model)]
         require_dense(model, names, self.name)
-        progress = (context or Context()).step("svd projection", len(names))
+        x = calibration(context, self.name) if self.data else None
+        progress = context.step("svd projection", len(names))
         for name in names:
-            model = project_layer(model, name, self.rank, self.rank_ratio, self.tau, self.joint)
+            # traced on the model as compressed so far: later layers see earlier errors
+            moments = layer_moments(model, x, name)[1] if self.data else None
+            model = project_layer(model, name, self.rank, self.rank_ratio, self.tau, self.joint,
+                                  moments)
             progress.update()
         progress.close()
         return model
