@@ -16,11 +16,16 @@ weights are off by up to one step, every other weight by at most half a step.
 ``max|x|`` times 50 fractions from 0.5 to 1.0 (``clip="mse"``). A block of zeros gets step 1
 and codes 0. ``bits=16`` stores the weights as float16 instead.
 
+``method="gptq"`` keeps that grid (the same steps, so the same bytes) and picks the codes with
+GPTQ's error compensation (:mod:`.gptq`) instead of rounding each weight alone, from
+``H = E[x xᵀ]`` of the inputs each matrix reads on the calibration inputs.
+
 References
 ----------
 rnnshrink ``methods.md`` §5; QuantizedLSTM (Intelligent-Microsystems-Lab, "LSTMs for Keyword
 Spotting with ReRAM-based Compute-In-Memory Architectures", ISCAS 2021), functions ``clip``,
-``quant`` and ``cq`` of its code.
+``quant`` and ``cq`` of its code. GPTQ (Frantar et al., ICLR 2023), Algorithm 1: see
+:mod:`.gptq`.
 """
 
 import dataclasses
@@ -28,8 +33,10 @@ import dataclasses
 import numpy as np
 
 from ..errors import OptionError
+from ..model.network import trace_model
 from ..model.weights import Dense, LowRank, Quantized, Sparse
 from .base import Context, Param, Transform
+from .gptq import gptq_codes, hessian, lstm_samples, sample_index
 
 # Fractions of max|x| the "mse" clip search tries, largest first (ties keep the larger clip).
 CLIP_FRACTIONS = np.linspace(0.5, 1.0, 50)[::-1]
@@ -121,7 +128,8 @@ def _blocks(x, scales, group):
     return padded.reshape(rows, groups, group)
 
 
-def quantize_matrix(x, bits, scales="row", group=64, clip="max", mask=None):
+def quantize_matrix(x, bits, scales="row", group=64, clip="max", mask=None, inputs=None,
+                    damp=0.01):
     """Quantize one matrix with a step per tensor, per row, or per group of columns.
 
     Parameters
@@ -134,6 +142,11 @@ def quantize_matrix(x, bits, scales="row", group=64, clip="max", mask=None):
     clip : {"max", "mse"}
     mask : ndarray of bool, shape (rows, cols), optional
         Stored positions of a pruned matrix (``x`` is zero elsewhere); kept as is.
+    inputs : ndarray of shape (n, cols), optional
+        Samples of the inputs ``x`` reads: the codes are GPTQ's (:func:`.gptq.gptq_codes`) on
+        the same steps, instead of the rounded weights.
+    damp : float
+        GPTQ's dampening of ``H``, a fraction of its mean diagonal.
 
     Returns
     -------
@@ -144,15 +157,22 @@ def quantize_matrix(x, bits, scales="row", group=64, clip="max", mask=None):
     rows, cols = x.shape
     blocks = _blocks(x, scales, group)
     steps = block_steps(blocks, bits, clip)
-    codes = quantize_codes(blocks, steps, bits)
-    codes = codes.reshape(rows, -1)[:, :cols]  # drop the padding of the last group
     grouped = scales == "group" and group < cols
+    if inputs is None:
+        codes = quantize_codes(blocks, steps, bits)
+        codes = codes.reshape(rows, -1)[:, :cols]  # drop the padding of the last group
+    else:
+        codes = gptq_codes(x, hessian(inputs), steps, bits, group if grouped else None, mask, damp)
     return Quantized(codes, steps, bits, group if grouped else None, mask)
 
 
-def quantize_weight(weight, bits, scales="row", group=64, clip="max"):
+def quantize_weight(weight, bits, scales="row", group=64, clip="max", inputs=None, damp=0.01):
     """Quantize a weight of any kind: a dense matrix, both low-rank factors, a sparse matrix's
     kept entries (the mask is kept), or store it as float16 when ``bits == 16``.
+
+    With ``inputs`` (samples (n, cols) of what ``weight`` reads) the codes are GPTQ's; a
+    low-rank ``U V`` quantizes ``V`` on ``inputs``, then ``U`` on what it reads in the
+    quantized model, ``V̂ x``.
 
     Raises
     ------
@@ -160,14 +180,15 @@ def quantize_weight(weight, bits, scales="row", group=64, clip="max"):
         ``weight`` (or one of its factors) is already quantized.
     """
     if isinstance(weight, LowRank):
-        U, V = (quantize_weight(f, bits, scales, group, clip) for f in (weight.U, weight.V))
-        return LowRank(U, V)
+        V = quantize_weight(weight.V, bits, scales, group, clip, inputs, damp)
+        inner = None if inputs is None else inputs @ V.materialize().T
+        return LowRank(quantize_weight(weight.U, bits, scales, group, clip, inner, damp), V)
     if isinstance(weight, Quantized):
         raise OptionError("quant: the weight is already quantized")
     if bits == 16:
         return _float16(weight)
     mask = weight.mask if isinstance(weight, Sparse) else None
-    return quantize_matrix(weight.materialize(), bits, scales, group, clip, mask)
+    return quantize_matrix(weight.materialize(), bits, scales, group, clip, mask, inputs, damp)
 
 
 def _float16(weight):
@@ -194,12 +215,20 @@ class Quantize(Transform):
         Columns per step; giving it implies ``scales=group``.
     clip : {"max", "mse"}
         Clipping range per block: ``max|x|``, or the squared-error-optimal fraction of it.
+    method : {"rtn", "gptq"}
+        Round each weight to the nearest code, or GPTQ's error-compensating codes on the same
+        steps, from the calibration inputs of the context. Layers are done in model order,
+        each traced on the model whose earlier layers are already quantized (GPTQ's
+        sequential inputs); at most 20,000 seeded (sequence, time) samples per layer.
+    damp : float
+        GPTQ's dampening of ``H = E[x xᵀ]``: this fraction of its mean diagonal is added.
     layers : str, optional
         Comma-separated LSTM layer names; all LSTM layers by default.
 
     References
     ----------
-    rnnshrink ``methods.md`` §5 (QuantizedLSTM, ISCAS 2021).
+    rnnshrink ``methods.md`` §5 (QuantizedLSTM, ISCAS 2021) and §8 (GPTQ rounding); Frantar
+    et al., "GPTQ", ICLR 2023, Algorithm 1.
     """
 
     name = "quant"
@@ -211,6 +240,10 @@ class Quantize(Transform):
         "group": Param(int, 64, 1, None, help="columns sharing a step (implies scales=group)"),
         "clip": Param(str, "max", choices=("max", "mse"),
                       help="clipping range per block: max|w|, or searched for least squared error"),
+        "method": Param(str, "rtn", choices=("rtn", "gptq"),
+                        help="round to nearest, or GPTQ error compensation on calibration inputs"),
+        "damp": Param(float, 0.01, 0.0, None,
+                      help="gptq: dampening of E[x x^T], a fraction of its mean diagonal"),
         "layers": Param(str, None, help="comma-separated LSTM layer names (default: all)"),
     }
 
@@ -222,25 +255,34 @@ class Quantize(Transform):
                 )
             self.params["scales"] = "group"
         if self.bits == 16:
-            extra = sorted(set(self.given) & {"scales", "group", "clip"})
+            extra = sorted(set(self.given) & {"scales", "group", "clip", "damp"})
+            extra += ["method=gptq"] if self.method == "gptq" else []
             if extra:
                 raise OptionError(
                     f"quant: {', '.join(extra)} do not apply to bits=16 (float16 storage)"
                 )
+        if "damp" in self.given and self.method != "gptq":
+            raise OptionError(f"quant: damp={self.damp} applies to method=gptq only")
 
     def apply(self, model, context=None):
         context = context or Context()
         layers = self.selected_layers(model)
+        gptq = self.method == "gptq"
+        if gptq and context.inputs is None:
+            raise OptionError("quant: method=gptq needs calibration inputs")
         progress = context.step("quant", len(layers))
         notes = list(model.notes)
-        new_layers = {}
+        current = model
         for layer in layers:
+            samples = self._samples(current, layer, context) if gptq else None
             directions, kept = [], []
             for k, direction in enumerate(layer.directions):
                 changes = {}
                 for role, weight in direction.matrices.items():
+                    inputs = samples[k][role] if gptq else None
                     try:
-                        new = quantize_weight(weight, self.bits, self.scales, self.group, self.clip)
+                        new = quantize_weight(weight, self.bits, self.scales, self.group, self.clip,
+                                              inputs, self.damp)
                     except OptionError as error:
                         raise OptionError(f"{error} (layer {layer.name} {role}[{k}])") from None
                     if new.nbytes >= weight.nbytes:
@@ -248,7 +290,8 @@ class Quantize(Transform):
                         new = weight
                     changes[role] = new
                 directions.append(dataclasses.replace(direction, **changes))
-            new_layers[layer.name] = dataclasses.replace(layer, directions=directions)
+            current = current.replace_layer(
+                layer.name, dataclasses.replace(layer, directions=directions))
             if kept:
                 notes.append(
                     f"quant: layer {layer.name}: {', '.join(kept)} kept as they were: "
@@ -256,6 +299,13 @@ class Quantize(Transform):
                 )
             progress.update()
         progress.close()
-        return model.replace(
-            layers=[new_layers.get(layer.name, layer) for layer in model.layers], notes=notes
-        )
+        if gptq:
+            notes.append(f"quant: method=gptq calibrated on {context.probe or 'the given inputs'}")
+        return current.replace(notes=notes)
+
+    def _samples(self, model, layer, context):
+        """Per direction and role, the sampled inputs ``layer``'s matrices read in ``model``."""
+        trace = trace_model(model, np.asarray(context.inputs), context.seed)
+        inputs, y = trace[layer.name][:2]
+        index = sample_index(*inputs.shape[:2], seed=context.seed)
+        return lstm_samples(layer, inputs, y, index)
