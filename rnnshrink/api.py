@@ -5,12 +5,13 @@ Each function here is what one command does, usable from Python without the comm
 
 from pathlib import Path
 
+from . import budget as budget_module
 from . import io
 from .errors import OptionError
 from .fidelity import compare, load_calibration, probe_inputs
 from .io import container
-from .io.atomic import check_output_path
-from .pipeline import Pipeline
+from .io.atomic import atomic_path, check_output_path
+from .pipeline import Pipeline, recipe_toml
 from .report import compression_summary, summarize
 from .transforms import Context
 
@@ -31,14 +32,15 @@ def probes_for(model, calib=None, seed=0):
 
 
 def compress_file(model_path, steps, output=None, output_format="rnnshrink", calib=None,
-                  force=False, progress=None, read_options=None):
-    """Compress a checkpoint file with ``steps`` and write the result.
+                  force=False, progress=None, read_options=None, budget=None, recipe_output=None):
+    """Compress a checkpoint file with ``steps`` (or a searched recipe) and write the result.
 
     Parameters
     ----------
     model_path : str or os.PathLike
     steps : list of Transform
-        Validated as a :class:`~rnnshrink.pipeline.Pipeline` before the file is read.
+        Validated as a :class:`~rnnshrink.pipeline.Pipeline` before the file is read; empty
+        when ``budget`` is given.
     output : str or os.PathLike, optional
         Defaults to :func:`default_output`.
     output_format : {"rnnshrink", "same"}
@@ -49,22 +51,47 @@ def compress_file(model_path, steps, output=None, output_format="rnnshrink", cal
         Replace an existing output file.
     progress : callable, optional
         ``progress(description, total)`` returning a counter (see :class:`Context`).
+    budget : dict, optional
+        ``target_ratio`` or ``max_error``, and ``using``: choose the recipe with
+        :func:`rnnshrink.budget.search` on the fidelity inputs.
+    recipe_output : str or os.PathLike, optional
+        Also write the recipe applied as TOML (for ``--recipe``).
 
     Returns
     -------
     summary : dict
-        :func:`rnnshrink.report.compression_summary` plus ``output``.
+        :func:`rnnshrink.report.compression_summary` plus ``output``, ``recipe_toml`` and, with
+        ``budget``, ``search`` (the goal, the recipes measured and the accepted path).
     """
     if output_format not in OUTPUT_FORMATS:
         raise OptionError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
-    pipeline = Pipeline(steps)
+    if budget is None:
+        pipeline = Pipeline(steps)
+    elif steps:
+        raise OptionError("a budget search chooses the transforms: give steps or a budget, not both")
+    else:
+        budget_module.check_arguments(**budget)
     output = Path(output) if output else default_output(model_path, output_format)
     check_output_path(output, inputs=[model_path], force=force)
+    if recipe_output:
+        check_output_path(recipe_output, inputs=[model_path, output], force=force)
     original = io.read(model_path, **(read_options or {}))
     x, probe = probes_for(original, calib)
-    compressed = pipeline.run(original, Context(progress=progress, inputs=x, probe=probe))
+    context = Context(progress=progress, inputs=x, probe=probe)
+    if budget is None:
+        compressed = pipeline.run(original, context)
+    else:
+        steps, compressed, trace = budget_module.search(original, x=x, context=context, **budget)
+        pipeline = Pipeline(steps)
     summary = compression_summary(summarize(original), summarize(compressed),
                                   compare(original, compressed, x), pipeline.specs(), probe)
+    summary["recipe_toml"] = recipe_toml(pipeline.steps)
+    if budget is not None:
+        summary["search"] = {**budget, "using": list(budget.get("using", ())), **trace}
+    if recipe_output:
+        with atomic_path(recipe_output) as temporary:
+            temporary.write_text(summary["recipe_toml"])
+        summary["recipe_output"] = str(recipe_output)
     if output_format == "rnnshrink":
         compressed.meta.setdefault("source_file", Path(model_path).name)
         container.write(compressed, output, recipe=pipeline.specs(), summary=summary,
@@ -91,6 +118,31 @@ def compare_files(model_path, original_path, calib=None, read_options=None):
     recipe = model.meta.get("recipe", [])
     return compression_summary(summarize(original), summarize(model),
                                compare(original, model, x), recipe, probe)
+
+
+def sweep_file(model_path, output, plot_output=None, calib=None, force=False, progress=None,
+               read_options=None):
+    """Measure the :data:`rnnshrink.sweep.GRID` recipes on a checkpoint; write CSV (and a plot).
+
+    Returns
+    -------
+    dict
+        ``output``, ``plot``, ``probe``, ``rows`` (see :func:`rnnshrink.sweep.sweep`), ``skipped``.
+    """
+    from . import sweep
+
+    if plot_output:
+        sweep.load_pyplot()
+    for path in [output] + ([plot_output] if plot_output else []):
+        check_output_path(path, inputs=[model_path], force=force)
+    model = io.read(model_path, **(read_options or {}))
+    x, probe = probes_for(model, calib)
+    rows, skipped = sweep.sweep(model, x, context=Context(progress=progress, inputs=x, probe=probe))
+    sweep.write_csv(rows, output)
+    if plot_output:
+        sweep.plot(rows, plot_output)
+    return {"output": str(output), "plot": plot_output and str(plot_output), "probe": probe,
+            "rows": rows, "skipped": skipped}
 
 
 CONVERT_TARGETS = {"onnx": ".onnx", "torch": ".pt", "keras": ".h5"}

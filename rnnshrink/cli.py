@@ -51,10 +51,14 @@ def _read_options(recurrent_activation, allow_nonfinite):
     return options
 
 
-def _progress(description, total):
+def _progress(description, total, unit="layer"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, unit="layer", leave=False, disable=None)
+    return tqdm(total=total, desc=description, unit=unit, leave=False, disable=None)
+
+
+def _recipe_progress(description, total):
+    return _progress(description, total, unit="recipe")
 
 
 def _echo_json(data):
@@ -109,31 +113,101 @@ def report(model_path, as_json, original, calib, recurrent_activation, allow_non
               "input's format with the LSTM weights replaced by their compressed values.")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Inputs of the first LSTM (.npy, shape (N, T, D)) for the fidelity figures.")
+@click.option("--target-ratio", type=float,
+              help="Search per-layer transforms for this LSTM size ratio (before/after), least "
+              "output error first.")
+@click.option("--max-error", type=float,
+              help="Search for the smallest model whose output relative error stays within this.")
+@click.option("--using", metavar="NAMES",
+              help="Transforms --target-ratio/--max-error may use: svd, prune, quant "
+              "(default svd,quant).")
+@click.option("--save-recipe", type=click.Path(dir_okay=False),
+              help="Also write the recipe applied as TOML, to rerun with --recipe.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @read_options
 @_library_errors
-def compress(model_path, transforms, tau, recipe, output, output_format, calib, force, as_json,
-             recurrent_activation, allow_nonfinite):
+def compress(model_path, transforms, tau, recipe, output, output_format, calib, target_ratio,
+             max_error, using, save_recipe, force, as_json, recurrent_activation, allow_nonfinite):
     """Compress the LSTM layers of MODEL and write the smaller model.
 
     Examples: rnnshrink compress model.h5 --tau 0.1;
-    rnnshrink compress model.pt -t svd:tau=0.6 -t quant:bits=4,group=64 -o small.h5
+    rnnshrink compress model.pt -t svd:tau=0.6 -t quant:bits=4,group=64 -o small.h5;
+    rnnshrink compress model.pt --target-ratio 6 --save-recipe six.toml
     """
+    budget = _budget(target_ratio, max_error, using, transforms, tau, recipe)
     steps = read_recipe(recipe) if recipe else []
     if tau is not None:
         steps.append(parse_step(f"svd:tau={tau}"))
     steps += [parse_step(text) for text in transforms]
-    if not steps:
-        raise OptionError("no transform given: use --tau, -t NAME:K=V or --recipe")
-    summary = api.compress_file(model_path, steps, output, output_format, calib, force,
-                                None if as_json else _progress,
-                                _read_options(recurrent_activation, allow_nonfinite))
+    if not steps and not budget:
+        raise OptionError("no transform given: use --tau, -t NAME:K=V, --recipe or --target-ratio")
+    progress = None if as_json else _recipe_progress if budget else _progress
+    summary = api.compress_file(model_path, steps, output, output_format, calib, force, progress,
+                                _read_options(recurrent_activation, allow_nonfinite), budget,
+                                save_recipe)
     if as_json:
         _echo_json(summary)
-    else:
-        click.echo(format_compression(summary))
-        click.echo(f"wrote {summary['output']}")
+        return
+    click.echo(format_compression(summary))
+    if budget:
+        goal = (f"target ratio {target_ratio:g}x" if target_ratio is not None
+                else f"max error {max_error:g}")
+        search = summary["search"]
+        click.echo(f"budget search ({goal}): {search['evaluations']} recipes measured on the first "
+                   f"{search['sequences']} of {summary['probe']}; the recipe (rerun with --recipe "
+                   "FILE):\n")
+        click.echo(summary["recipe_toml"])
+    if save_recipe:
+        click.echo(f"wrote recipe {save_recipe}")
+    click.echo(f"wrote {summary['output']}")
+
+
+def _budget(target_ratio, max_error, using, transforms, tau, recipe):
+    """The budget-search arguments of ``compress``, or None; conflicting options refused."""
+    search = [name for name, value in (("--target-ratio", target_ratio), ("--max-error", max_error))
+              if value is not None]
+    if len(search) == 2:
+        raise OptionError("--target-ratio and --max-error cannot be combined: give one")
+    if not search:
+        if using is not None:
+            raise OptionError("--using needs --target-ratio or --max-error")
+        return None
+    given = [name for name, value in (("-t", transforms), ("--tau", tau is not None),
+                                      ("--recipe", recipe)) if value]
+    if given:
+        raise OptionError(f"{search[0]} cannot be combined with {'/'.join(given)}: the search "
+                          "chooses the transforms")
+    using = [name.strip() for name in (using or "svd,quant").split(",") if name.strip()]
+    return {"target_ratio": target_ratio, "max_error": max_error, "using": using}
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="CSV file: recipe, method, lstm_ratio, macs_ratio, output_rel_error, pareto.")
+@click.option("--plot", "plot_output", type=click.Path(dir_okay=False),
+              help="Also draw size ratio against error per method as PNG (needs matplotlib).")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Inputs of the first LSTM (.npy, shape (N, T, D)) for the errors.")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+@read_options
+@_library_errors
+def sweep(model_path, output, plot_output, calib, force, recurrent_activation, allow_nonfinite):
+    """Measure size against output error for a grid of recipes; mark the Pareto front.
+
+    Example: rnnshrink sweep fixtures/charlm.pt -o sweep.csv --plot sweep.png
+    """
+    result = api.sweep_file(model_path, output, plot_output, calib, force, _recipe_progress,
+                            _read_options(recurrent_activation, allow_nonfinite))
+    front = [row for row in result["rows"] if row["pareto"]]
+    click.echo(f"{len(result['rows'])} recipes measured on {result['probe']}; Pareto front:")
+    for row in sorted(front, key=lambda row: row["lstm_ratio"]):
+        click.echo(f"  {row['lstm_ratio']:6.2f}x  error {row['output_rel_error']:.3e}  {row['recipe']}")
+    for reason in result["skipped"]:
+        click.echo(f"skipped {reason}")
+    for path in filter(None, (result["output"], result["plot"])):
+        click.echo(f"wrote {path}")
 
 
 def main():

@@ -84,6 +84,15 @@ def _toml_value(value):
     return repr(value)
 
 
+def _disjoint_layers(steps):
+    """Whether every step names its ``layers`` and no layer is named twice."""
+    named = [step.params.get("layers") for step in steps]
+    if None in named:
+        return False
+    layers = [name.strip() for names in named for name in names.split(",") if name.strip()]
+    return len(layers) == len(set(layers))
+
+
 class Pipeline:
     """Transforms applied in order.
 
@@ -91,7 +100,8 @@ class Pipeline:
     ----------
     steps : list of Transform
         Validated on construction: at least one step, structural steps (svd, lowrank, iss)
-        before any prune or quant step, at most one quant step.
+        before any prune or quant step, each layer quantized at most once (several quant
+        steps must name disjoint ``layers``).
     """
 
     def __init__(self, steps):
@@ -105,8 +115,10 @@ class Pipeline:
                     f"{later_structural[0]} must come before {name}: it factors or slices dense "
                     "matrices"
                 )
-        if names.count("quant") > 1:
-            raise OptionError("quant can be applied once")
+        quants = [step for step in steps if step.name == "quant"]
+        if len(quants) > 1 and not _disjoint_layers(quants):
+            raise OptionError("quant can be applied once per layer: give each quant step its "
+                              "own layers=")
         self.steps = list(steps)
 
     def run(self, model, context=None):
