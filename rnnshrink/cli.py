@@ -121,6 +121,9 @@ def report(model_path, as_json, original, calib, recurrent_activation, allow_non
 @click.option("--using", metavar="NAMES",
               help="Transforms --target-ratio/--max-error may use: svd, prune, quant "
               "(default svd,quant).")
+@click.option("--plain", is_flag=True,
+              help="--target-ratio/--max-error: rounding quant and plain svd candidates only "
+              "(default: quant:method=gptq and svd:data=true, calibrated on --calib or the probes).")
 @click.option("--save-recipe", type=click.Path(dir_okay=False),
               help="Also write the recipe applied as TOML, to rerun with --recipe.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
@@ -128,14 +131,15 @@ def report(model_path, as_json, original, calib, recurrent_activation, allow_non
 @read_options
 @_library_errors
 def compress(model_path, transforms, tau, recipe, output, output_format, calib, target_ratio,
-             max_error, using, save_recipe, force, as_json, recurrent_activation, allow_nonfinite):
+             max_error, using, plain, save_recipe, force, as_json, recurrent_activation,
+             allow_nonfinite):
     """Compress the LSTM layers of MODEL and write the smaller model.
 
     Examples: rnnshrink compress model.h5 --tau 0.1;
     rnnshrink compress model.pt -t svd:tau=0.6 -t quant:bits=4,group=64 -o small.h5;
     rnnshrink compress model.pt --target-ratio 6 --save-recipe six.toml
     """
-    budget = _budget(target_ratio, max_error, using, transforms, tau, recipe)
+    budget = _budget(target_ratio, max_error, using, transforms, tau, recipe, plain)
     steps = read_recipe(recipe) if recipe else []
     if tau is not None:
         steps.append(parse_step(f"svd:tau={tau}"))
@@ -163,15 +167,16 @@ def compress(model_path, transforms, tau, recipe, output, output_format, calib, 
     click.echo(f"wrote {summary['output']}")
 
 
-def _budget(target_ratio, max_error, using, transforms, tau, recipe):
+def _budget(target_ratio, max_error, using, transforms, tau, recipe, plain=False):
     """The budget-search arguments of ``compress``, or None; conflicting options refused."""
     search = [name for name, value in (("--target-ratio", target_ratio), ("--max-error", max_error))
               if value is not None]
     if len(search) == 2:
         raise OptionError("--target-ratio and --max-error cannot be combined: give one")
     if not search:
-        if using is not None:
-            raise OptionError("--using needs --target-ratio or --max-error")
+        for name, value in (("--using", using is not None), ("--plain", plain)):
+            if value:
+                raise OptionError(f"{name} needs --target-ratio or --max-error")
         return None
     given = [name for name, value in (("-t", transforms), ("--tau", tau is not None),
                                       ("--recipe", recipe)) if value]
@@ -179,7 +184,7 @@ def _budget(target_ratio, max_error, using, transforms, tau, recipe):
         raise OptionError(f"{search[0]} cannot be combined with {'/'.join(given)}: the search "
                           "chooses the transforms")
     using = [name.strip() for name in (using or "svd,quant").split(",") if name.strip()]
-    return {"target_ratio": target_ratio, "max_error": max_error, "using": using}
+    return {"target_ratio": target_ratio, "max_error": max_error, "using": using, "plain": plain}
 
 
 @cli.command()

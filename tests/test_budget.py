@@ -13,9 +13,10 @@ from rnnshrink.errors import OptionError
 from rnnshrink.fidelity import compare, probe_inputs
 from rnnshrink.pipeline import Pipeline, parse_step
 from rnnshrink.report import summarize
-from rnnshrink.transforms import Transform
+from rnnshrink.transforms import Context, Transform
 
 CHARLM = Path(__file__).resolve().parent.parent / "fixtures" / "charlm.pt"
+KERAS2_CHARLM = CHARLM.with_name("keras2_charlm.h5")
 UNIFORM = ["quant:bits=6", "quant:bits=5", "quant:bits=4,group=64", "quant:bits=4,group=32",
            "quant:bits=3,group=32"]
 
@@ -49,9 +50,33 @@ def test_target_met_no_worse_than_uniform_recipes_as_small(model, x, target):
             as_small += 1
             assert error <= uniform_error, recipe
     assert as_small  # some uniform recipe was at least as small to compare with
-    # the recipe alone reproduces the model
-    again = Pipeline(steps).run(model)
+    # the recipe alone reproduces the model, GPTQ calibrated on the same inputs
+    assert all(step.method == "gptq" for step in steps if step.bits != 16)
+    again = Pipeline(steps).run(model, Context(inputs=x))
     assert ratio_and_error(model, again, x) == (ratio, error)
+
+
+@pytest.mark.parametrize("target", [4, 6])
+def test_gptq_candidates_no_worse_than_rounding(target):
+    keras = rnnshrink.read(KERAS2_CHARLM)
+    x = probe_inputs(keras, batch=4, steps=30)[0]
+    found = {}
+    for plain in (True, False):
+        steps, compressed, _ = search(keras, target_ratio=target, using=("quant",), x=x,
+                                      plain=plain)
+        assert {step.method for step in steps if step.bits != 16} == {"rtn" if plain else "gptq"}
+        found[plain] = ratio_and_error(keras, compressed, x)
+        assert found[plain][0] >= target
+        again = Pipeline(steps).run(keras, Context(inputs=x))
+        assert ratio_and_error(keras, again, x) == found[plain]
+    assert found[False][1] <= found[True][1]
+
+
+def test_svd_candidates_are_data_aware_and_rerun(model, x):
+    steps, compressed, _ = search(model, target_ratio=1.3, using=("svd",), x=x)
+    assert steps and all(step.data for step in steps)
+    again = Pipeline(steps).run(model, Context(inputs=x))
+    assert ratio_and_error(model, again, x) == ratio_and_error(model, compressed, x)
 
 
 def test_default_transforms_reach_the_target(model, x):
@@ -108,6 +133,7 @@ def test_cli_search_prints_a_recipe_that_reruns_the_same(tmp_path):
     assert "[[transform]]" in result.output and recipe.read_text() in result.output
     assert "budget search (target ratio 5x): " in result.output
     assert "measured on the first 4 of 8 random token sequences" in result.output
+    assert "method = \"gptq\"" in recipe.read_text()
     searched = json.loads(run("report", tmp_path / "a.h5", "--compare", CHARLM, "--json").output)
     rerun = run("compress", CHARLM, "--recipe", recipe, "-o", tmp_path / "b.h5", "--json")
     assert rerun.exit_code == 0, rerun.output
@@ -125,6 +151,7 @@ def test_cli_search_prints_a_recipe_that_reruns_the_same(tmp_path):
     (["--target-ratio", 4, "--max-error", 0.1],
      "Error: --target-ratio and --max-error cannot be combined: give one"),
     (["--using", "quant", "-t", "quant:bits=8"], "Error: --using needs --target-ratio or --max-error"),
+    (["--plain", "-t", "quant:bits=8"], "Error: --plain needs --target-ratio or --max-error"),
     (["--target-ratio", 4, "--using", "svd,lowrank"],
      "Error: using: choose from svd, prune, quant, got lowrank"),
     (["--target-ratio", 0.5], "Error: target ratio must be > 1, got 0.5"),
@@ -135,6 +162,14 @@ def test_cli_conflicting_options(tmp_path, args, line):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [line]
     assert not output.exists()
+
+
+def test_cli_plain_search_rounds(tmp_path):
+    recipe = tmp_path / "r.toml"
+    result = run("compress", CHARLM, "--target-ratio", 4, "--using", "quant", "--plain",
+                 "--save-recipe", recipe, "-o", tmp_path / "a.h5")
+    assert result.exit_code == 0, result.output
+    assert "quant" in recipe.read_text() and "gptq" not in recipe.read_text()
 
 
 def test_cli_unreachable_target(tmp_path):
