@@ -53,18 +53,105 @@ def _embedding_table(model, first):
     return None, None
 
 
+class CalibrationInputs(np.ndarray):
+    """Inputs of the first LSTM layer (batch, time, input) that also carry given inputs of
+    other LSTM layers: ``layer_inputs``, a dict of layer name to (batch, time, input of that
+    layer), which :func:`rnnshrink.model.network.trace_model` feeds those layers instead of
+    what they would get. Indexing the batch axis (``x[:k]``, ``x[[0, 2]]``) indexes them too;
+    any other view drops them (a plain array of first-layer inputs)."""
+
+    def __new__(cls, x, layer_inputs):
+        array = np.asarray(x).view(cls)
+        array.layer_inputs = layer_inputs
+        return array
+
+    def __array_finalize__(self, obj):
+        self.layer_inputs = getattr(obj, "layer_inputs", None)
+
+    def __getitem__(self, key):
+        result = super().__getitem__(key)
+        if isinstance(result, CalibrationInputs):
+            batch_only = (isinstance(key, slice) or (isinstance(key, (list, np.ndarray))
+                                                     and np.ndim(key) == 1))
+            result.layer_inputs = ({name: inputs[key] for name, inputs in self.layer_inputs.items()}
+                                   if batch_only and self.layer_inputs else None)
+        return result
+
+
 def load_calibration(path, model):
-    """User inputs for the first LSTM layer from ``.npy`` (array (N, T, D))."""
+    """User calibration inputs from ``.npy`` or ``.npz``.
+
+    ``.npy``, or ``.npz`` holding one array not named after an LSTM layer: inputs of the first
+    LSTM layer, shape (N, T, D).
+    ``.npz`` holding arrays named after LSTM layers: each is that layer's inputs (N, T, its
+    input width), all with the same N and T; they replace what the layer would be fed when the
+    model is traced (:func:`rnnshrink.model.network.trace_model`). The first layer, when not
+    given, gets :func:`probe_inputs` of the same N and T.
+
+    Returns
+    -------
+    x : ndarray of shape (N, T, input of the first LSTM layer)
+        A :class:`CalibrationInputs` carrying the other given layers' inputs, for a mapping.
+    description : str
+
+    Raises
+    ------
+    OptionError
+        Unreadable file, an array of the wrong shape, NaN or Inf, an empty ``.npz``, or a name
+        that is not one of the model's LSTM layers (the message lists them).
+    """
     try:
-        x = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                arrays = {name: loaded[name] for name in loaded.files}
+        else:
+            arrays = None
     except (OSError, ValueError) as error:
         raise OptionError(f"{path}: cannot read calibration inputs ({error})") from None
-    width = model.lstm_layers[0].input_size
-    if x.ndim != 3 or x.shape[2] != width:
-        raise OptionError(f"{path}: calibration inputs must have shape (N, T, {width}), got {x.shape}")
+    first = model.lstm_layers[0]
+    if arrays is None:
+        return _checked(path, loaded, first), (
+            f"{loaded.shape[0]} sequences of length {loaded.shape[1]} from {path}")
+    if not arrays:
+        raise OptionError(f"{path}: holds no arrays")
+    if len(arrays) == 1 and next(iter(arrays)) not in _lstm_names(model):
+        (x,) = arrays.values()
+        return _checked(path, x, first), (
+            f"{x.shape[0]} sequences of length {x.shape[1]} from {path}")
+    unknown = [name for name in arrays if name not in _lstm_names(model)]
+    if unknown:
+        raise OptionError(f"{path}: {', '.join(map(repr, unknown))} "
+                          f"{'is not an LSTM layer' if len(unknown) == 1 else 'are not LSTM layers'}"
+                          f" of the model; its LSTM layers are {', '.join(_lstm_names(model))}")
+    given = {name: _checked(path, x, model.layer(name), name) for name, x in arrays.items()}
+    sizes = {x.shape[:2] for x in given.values()}
+    if len(sizes) > 1:
+        raise OptionError(f"{path}: the arrays must share N and T, got "
+                          + ", ".join(f"{name} {x.shape}" for name, x in given.items()))
+    (batch, steps), = sizes
+    x = given.pop(first.name, None)
+    if x is None:
+        x = probe_inputs(model, batch=batch, steps=steps)[0]
+    return CalibrationInputs(x, given), (
+        f"{batch} sequences of length {steps} from {path} for LSTM layers "
+        f"{', '.join(arrays)}")
+
+
+def _lstm_names(model):
+    return [layer.name for layer in model.lstm_layers]
+
+
+def _checked(path, x, layer, name=None):
+    """``x`` as float64 after checking it is (N, T, layer's input width) and finite."""
+    where = f"calibration inputs{'' if name is None else f' of {name}'}"
+    width = layer.input_size
+    if x.ndim != 3 or x.shape[2] != width or x.dtype.kind not in "fiu":
+        raise OptionError(f"{path}: {where} must be numbers of shape (N, T, {width}), "
+                          f"got {x.dtype} {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise OptionError(f"{path}: calibration inputs hold NaN or Inf")
-    return x.astype(np.float64), f"{x.shape[0]} sequences of length {x.shape[1]} from {path}"
+        raise OptionError(f"{path}: {where} hold NaN or Inf")
+    return x.astype(np.float64)
 
 
 def compare(original, compressed, x, seed=0):

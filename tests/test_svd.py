@@ -17,6 +17,7 @@ from rnnshrink.transforms.svd import (
     refit_reader,
     singular_triplets,
     split_projection,
+    truncated_svd,
 )
 from rnnshrink.transforms.whitening import refit_on_data
 
@@ -82,6 +83,40 @@ def test_partial_svd_matches_the_full_one_without_a_full_svd(monkeypatch):
     np.testing.assert_allclose((Uk * sk) @ Vtk, (U[:, :4] * s[:4]) @ Vt[:4], atol=1e-9)
     singular_triplets(M, 5)  # more than 1/32 of the width: the full SVD
     assert full["calls"] == 1
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.9, 0.95])
+def test_tau_rule_on_a_partial_svd_gives_the_full_svds_rank_and_factors(monkeypatch, tau):
+    rng = np.random.default_rng(1)
+    Q1, _ = np.linalg.qr(rng.normal(size=(600, 320)))
+    Q2, _ = np.linalg.qr(rng.normal(size=(320, 320)))
+    M = (Q1 * 0.8 ** np.arange(320)) @ Q2.T  # energies 0.64^i: tau 0.9 needs 6 of 320
+    U, s, Vt = truncated_svd(M, tau=tau)  # 320 < PARTIAL_MIN_WIDTH: full SVD
+    assert s.size == projection_rank(np.linalg.svd(M, compute_uv=False), tau)
+    full = {"calls": 0}
+    original = scipy.linalg.svd
+
+    def counted(*args, **kwargs):
+        full["calls"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.linalg, "svd", counted)
+    monkeypatch.setattr(svd, "PARTIAL_MIN_WIDTH", 100)  # Gram path up to 80 triplets
+    Uk, sk, Vtk = truncated_svd(M, tau=tau)
+    assert full["calls"] == 0
+    assert sk.size == s.size
+    np.testing.assert_allclose(sk, s, rtol=1e-9)
+    signs = np.sign(np.sum(Uk * U, axis=0))
+    np.testing.assert_allclose(Uk * signs, U, atol=1e-8)
+    np.testing.assert_allclose(Vtk * signs[:, None], Vt, atol=1e-8)
+
+
+def test_tau_rule_past_the_partial_limit_uses_the_full_svd(monkeypatch):
+    rng = np.random.default_rng(2)
+    M = rng.normal(size=(600, 320))  # flat spectrum: tau 0.7 needs more than 80
+    monkeypatch.setattr(svd, "PARTIAL_MIN_WIDTH", 100)
+    U, s, Vt = truncated_svd(M, tau=0.7)
+    assert s.size == projection_rank(np.linalg.svd(M, compute_uv=False), 0.7) > 80
 
 
 # --- the math of one direction ---------------------------------------------------------------

@@ -42,24 +42,31 @@ def consumers_through_identity(model, name):
             yield consumer
 
 
-def trace_model(model, x, seed=0):
+def trace_model(model, x, seed=0, layer_inputs=None):
     """Run every LSTM layer of ``model``, each on the input the file says it gets.
 
     A layer fed by an LSTM layer gets that layer's output sequence; the first layer gets
     ``x``; a layer with another input gets seeded normal inputs of its width (the same for any
     model with the same layer widths). Where the file does not say (``inputs`` None), a layer
-    is fed the previous LSTM layer's output when the widths agree.
+    is fed the previous LSTM layer's output when the widths agree. A layer named in
+    ``layer_inputs`` gets those inputs instead (the user's calibration data).
 
     Parameters
     ----------
     model : Model
     x : ndarray of shape (batch, time, input of the first LSTM layer)
+    seed : int
+    layer_inputs : dict of str to ndarray of shape (batch, time, input of that layer), optional
+        Defaults to ``x.layer_inputs`` when ``x`` has one
+        (:class:`rnnshrink.fidelity.CalibrationInputs`).
 
     Returns
     -------
     dict of str to tuple (inputs, y, h, c)
         Per LSTM layer name: the input sequence it ran on and :func:`run_layer`'s result.
     """
+    if layer_inputs is None:
+        layer_inputs = getattr(x, "layer_inputs", None) or {}
     traces = {}
     previous = None
     for index, layer in enumerate(model.lstm_layers):
@@ -67,7 +74,9 @@ def trace_model(model, x, seed=0):
             feeder = feeding_layer(model, layer, LSTMLayer)
         else:
             feeder = previous if previous is not None and previous.output_size == layer.input_size else None
-        if feeder is not None:
+        if layer.name in layer_inputs:
+            inputs = np.asarray(layer_inputs[layer.name])
+        elif feeder is not None:
             inputs = traces[feeder.name][1]
         elif previous is None:
             inputs = x
