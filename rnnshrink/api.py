@@ -27,7 +27,7 @@ def default_output(model_path, output_format):
 
 
 def probes_for(model, calib=None, seed=0):
-    """Inputs for fidelity figures: the user's (``calib``, an .npy path) or seeded probes."""
+    """Inputs for fidelity figures: the user's (``calib``, an .npy / .npz path) or seeded probes."""
     return load_calibration(calib, model) if calib else probe_inputs(model, seed=seed)
 
 
@@ -46,7 +46,9 @@ def compress_file(model_path, steps, output=None, output_format="rnnshrink", cal
     output_format : {"rnnshrink", "same"}
         The rnnshrink container, or a drop-in checkpoint in the input's own format.
     calib : str, optional
-        ``.npy`` inputs of the first LSTM for the fidelity figures.
+        ``.npy`` inputs of the first LSTM, or ``.npz`` inputs per LSTM layer (see
+        :func:`rnnshrink.fidelity.load_calibration`), for the fidelity figures and the
+        data-aware transforms.
     force : bool
         Replace an existing output file.
     progress : callable, optional
@@ -88,10 +90,6 @@ def compress_file(model_path, steps, output=None, output_format="rnnshrink", cal
     summary["recipe_toml"] = recipe_toml(pipeline.steps)
     if budget is not None:
         summary["search"] = {**budget, "using": list(budget.get("using", ())), **trace}
-    if recipe_output:
-        with atomic_path(recipe_output) as temporary:
-            temporary.write_text(summary["recipe_toml"])
-        summary["recipe_output"] = str(recipe_output)
     if output_format == "rnnshrink":
         compressed.meta.setdefault("source_file", Path(model_path).name)
         container.write(compressed, output, recipe=pipeline.specs(), summary=summary,
@@ -100,6 +98,10 @@ def compress_file(model_path, steps, output=None, output_format="rnnshrink", cal
         from .dropin import write_same
 
         write_same(compressed, original, output)
+    if recipe_output:  # after the model, so a failed compress leaves no file at all
+        with atomic_path(recipe_output) as temporary:
+            temporary.write_text(summary["recipe_toml"])
+        summary["recipe_output"] = str(recipe_output)
     summary["output"] = str(output)
     summary["format"] = output_format
     return summary
