@@ -152,3 +152,22 @@ def test_needs_calibration_inputs_and_checks_parameters():
         Quantize(bits=4, damp=0.1)
     with pytest.raises(OptionError, match="method must be one of rtn, gptq"):
         Quantize(bits=4, method="awq")
+
+
+def test_gptq_reads_the_calibration_inputs_given_for_a_later_layer():
+    """A per-layer .npz mapping reaches GPTQ: lstm_1's H comes from its given inputs."""
+    from rnnshrink.fidelity import CalibrationInputs
+
+    model = stack_model(sizes=(6, 10, 8))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 20, 6))
+    given = _correlated(rng, 80, 12)[:, :10].reshape(4, 20, 10) * 5.0
+    step = Quantize(bits=3, method="gptq", layers="lstm_1")
+    mapped = step.apply(model, Context(inputs=CalibrationInputs(x, {"lstm_1": given})))
+    traced = step.apply(model, Context(inputs=x))
+    direction = model.layer("lstm_1").directions[0]
+    expected = quantize_matrix(direction.W.materialize(), 3,
+                               inputs=given.reshape(-1, 10))
+    got = mapped.layer("lstm_1").directions[0].W
+    np.testing.assert_array_equal(got.codes, expected.codes)
+    assert not np.array_equal(got.codes, traced.layer("lstm_1").directions[0].W.codes)

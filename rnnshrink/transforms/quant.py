@@ -305,7 +305,7 @@ class Quantize(Transform):
 
     def _samples(self, model, layer, context):
         """Per direction and role, the sampled inputs ``layer``'s matrices read in ``model``."""
-        trace = trace_model(model, np.asarray(context.inputs), context.seed)
+        trace = trace_model(model, context.inputs, context.seed)
         inputs, y = trace[layer.name][:2]
         index = sample_index(*inputs.shape[:2], seed=context.seed)
         return lstm_samples(layer, inputs, y, index)
