@@ -148,6 +148,11 @@ class Dense(Weight):
     def macs(self):
         return self.values.size
 
+    def operator(self, dtype=np.float64):
+        # one allocation: the transposed copy at ``dtype``, no intermediate materialization
+        transposed = self.values.T.astype(dtype, order="C")
+        return lambda x: x @ transposed
+
     def describe(self):
         return {**super().describe(), "dtype": self.stored_dtype}
 
