@@ -127,19 +127,42 @@ def gptq_codes(W, H, steps, bits, group=None, mask=None, damp=0.01, block=BLOCK)
     -------
     ndarray of int8, shape (rows, cols), values in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``
     """
-    W = np.array(W, dtype=np.float64)
-    rows, cols = W.shape
-    S = step_matrix(steps, cols, group)
+    S = step_matrix(steps, W.shape[1], group)
     limit = 2 ** (bits - 1) - 1
+    return gptq_round(W, H, S, limit, mask, damp, block).astype(np.int8)
+
+
+def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK):
+    """GPTQ's integer codes for ``W`` on a step per entry ``S`` (any grid, e.g. an entropy
+    coder's step map), clamped to ``[-limit, limit]`` when ``limit`` is given.
+
+    Parameters
+    ----------
+    W, S : ndarray of shape (rows, cols)
+    H : ndarray of shape (cols, cols)
+    limit : int, optional
+    mask : ndarray of bool, shape (rows, cols), optional
+    damp : float
+    block : int
+
+    Returns
+    -------
+    ndarray of int64, shape (rows, cols)
+    """
+    W = np.array(W, dtype=np.float64)
+    S = np.asarray(S, dtype=np.float64)
+    rows, cols = W.shape
     U = inverse_cholesky(H, damp)
-    codes = np.zeros((rows, cols), np.int8)
+    codes = np.zeros((rows, cols), np.int64)
     for start in range(0, cols, block):
         end = min(start + block, cols)
         Wb = W[:, start:end].copy()
         errors = np.zeros_like(Wb)
         for j in range(end - start):
             column = start + j
-            q = np.clip(np.round(Wb[:, j] / S[:, column]), -limit, limit)
+            q = np.round(Wb[:, j] / S[:, column])
+            if limit is not None:
+                q = np.clip(q, -limit, limit)
             if mask is not None:
                 q = np.where(mask[:, column], q, 0.0)
             codes[:, column] = q
