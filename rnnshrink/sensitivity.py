@@ -103,7 +103,8 @@ def sensitivities(model, kind, probes=None, seed=0):
     Returns
     -------
     dict of tuple to ndarray of float64
-        ``(layer name, direction index, role)`` → ``w`` of the matrix's shape, positive;
+        ``(layer name, direction index, role)`` → ``w`` of the matrix's shape, positive, for
+        every matrix of :func:`matrices` (role ``W``, ``R``, or ``proj`` of a projection);
         ``rms`` and ``hessian`` give read-only broadcast views of a column / row vector.
 
     Raises

@@ -52,7 +52,7 @@ def torch_reference(layers, head, x, labels, nn_lstm=True):
         params, seq = {}, torch.tensor(x[n:n + 1], requires_grad=True)
         out = seq
         for layer in layers:
-            out = (_nn_layer if nn_lstm else _manual_layer)(layer, out, params)
+            out = (nn_layer if nn_lstm else manual_layer)(layer, out, params)
         W = torch.tensor(head.W.materialize(), requires_grad=True)
         b = torch.tensor(np.asarray(head.b, np.float64), requires_grad=True)
         params[(head.name, 0, "W")], params[(head.name, 0, "b")] = W, b
@@ -64,7 +64,7 @@ def torch_reference(layers, head, x, labels, nn_lstm=True):
     return found
 
 
-def _nn_layer(layer, x, params):
+def nn_layer(layer, x, params):
     import torch
 
     module = torch.nn.LSTM(layer.input_size, layer.hidden_size, batch_first=True,
@@ -94,7 +94,7 @@ def _torch_activation(activation):
     return {"sigmoid": torch.sigmoid, "tanh": torch.tanh}[activation.name]
 
 
-def _manual_layer(layer, x, params):
+def manual_layer(layer, x, params):
     import torch
 
     gate, cell, hidden = (_torch_activation(a) for a in

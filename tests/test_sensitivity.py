@@ -85,30 +85,18 @@ def torch_fisher(model, x, seed):
     """Mean squared per-sequence gradient of the sampled labels' log-likelihood, with torch
     autograd; the labels drawn as :func:`fisher` draws them (one chunk, the same generator)."""
     torch = pytest.importorskip("torch")
-    from test_backward import torch_reference
+    from test_backward import nn_layer, torch_reference
 
     layers, head = model.lstm_layers, model.layer("dense")
     with torch.no_grad():
         out = torch.tensor(x)
         for layer in layers:
-            out = _torch_lstm(torch, layer, out)
+            out = nn_layer(layer, out, {})
         logits = (out @ torch.tensor(head.W.materialize()).T + torch.tensor(head.b, dtype=torch.float64))
     labels = sample_categorical(softmax(logits.numpy(), axis=-1), np.random.default_rng(seed))
     reference = torch_reference(layers, head, x, labels)
     return {key: np.mean([grads[key] ** 2 for grads, _ in reference], axis=0)
             for key in reference[0][0]}
-
-
-def _torch_lstm(torch, layer, x):
-    module = torch.nn.LSTM(layer.input_size, layer.hidden_size, batch_first=True,
-                           bidirectional=layer.num_directions == 2, dtype=torch.float64)
-    for k, d in enumerate(layer.directions):
-        suffix = "_l0" + ("_reverse" if k else "")
-        getattr(module, "weight_ih" + suffix).copy_(torch.tensor(d.W.materialize()))
-        getattr(module, "weight_hh" + suffix).copy_(torch.tensor(d.R.materialize()))
-        getattr(module, "bias_ih" + suffix).copy_(torch.tensor(d.b, dtype=torch.float64))
-        getattr(module, "bias_hh" + suffix).zero_()
-    return module(x)[0]
 
 
 def test_fisher_is_the_mean_squared_sequence_gradient_of_sampled_labels():

@@ -36,7 +36,7 @@ from .network import apply_dense
 
 # activation name -> derivative(x, alpha, beta) at the pre-activation x
 _DERIVATIVES = {
-    "sigmoid": lambda x, a, b: expit(x) * (1.0 - expit(x)),
+    "sigmoid": lambda x, a, b: _sigmoid_slope(expit(x)),
     "tanh": lambda x, a, b: 1.0 - np.tanh(x) ** 2,
     "relu": lambda x, a, b: (x > 0).astype(x.dtype),
     "hard_sigmoid": lambda x, a, b: a * ((a * x + b > 0) & (a * x + b < 1)),
@@ -49,6 +49,10 @@ _DERIVATIVES = {
     "softsign": lambda x, a, b: 1.0 / (1.0 + np.abs(x)) ** 2,
     "softplus": lambda x, a, b: expit(x),
 }
+
+
+def _sigmoid_slope(s):
+    return s * (1.0 - s)
 
 
 def derivative(activation, x):
@@ -186,38 +190,42 @@ def direction_backward(layer, direction, x, y, cache, dy, reverse=False):
     zi, zf, zg, zo = np.split(z, 4, axis=2)
     i, f, o, tanh_c = gate(zi), gate(zf), gate(zo), hidden(c)
     c_prev, h_prev = _previous(c, reverse), _previous(y, reverse)
-    # the factors of the equations above that do not depend on the recurrence
-    to_c = o * derivative(hidden, c)
-    to_zo = tanh_c * derivative(gate, zo)
-    to_zi = cell(zg) * derivative(gate, zi)
-    to_zf = c_prev * derivative(gate, zf)
-    to_zg = i * derivative(cell, zg)
+    # the factors of the equations above that do not depend on the recurrence, time-major
+    to_c, to_zo, to_zi, to_zf, to_zg, f_t, dy_t = (
+        np.ascontiguousarray(a.transpose(1, 0, 2)) for a in (
+            o * derivative(hidden, c), tanh_c * derivative(gate, zo),
+            cell(zg) * derivative(gate, zi), c_prev * derivative(gate, zf),
+            i * derivative(cell, zg), f, dy))
     R = direction.R.materialize(np.float64)
     proj = None if direction.proj is None else direction.proj.materialize(np.float64)
-    batch, steps, _ = z.shape
-    dz = np.empty_like(z)
-    dh_all = np.empty_like(dy) if proj is not None else None
-    dh_next = np.zeros_like(dy[:, 0])
-    dc_next = np.zeros_like(c[:, 0])
+    batch, steps, hidden4 = z.shape
+    H = hidden4 // 4
+    dz = np.empty((steps, batch, hidden4))
+    dh_all = np.empty_like(dy_t) if proj is not None else None
+    dh_next = np.zeros_like(dy_t[0])
+    dc_next = np.zeros_like(to_c[0])
     for t in (range(steps) if reverse else range(steps - 1, -1, -1)):
-        dh = dy[:, t] + dh_next
+        dh = dy_t[t] + dh_next
         if proj is not None:
-            dh_all[:, t] = dh
+            dh_all[t] = dh
             dm = dh @ proj
         else:
             dm = dh
-        dc = dc_next + dm * to_c[:, t]
-        step = np.concatenate([dc * to_zi[:, t], dc * to_zf[:, t], dc * to_zg[:, t],
-                               dm * to_zo[:, t]], axis=1)
+        dc = dc_next + dm * to_c[t]
+        step = dz[t]
+        np.multiply(dc, to_zi[t], out=step[:, :H])
+        np.multiply(dc, to_zf[t], out=step[:, H:2 * H])
+        np.multiply(dc, to_zg[t], out=step[:, 2 * H:3 * H])
+        np.multiply(dm, to_zo[t], out=step[:, 3 * H:])
         if passes is not None:
             step *= passes[:, t]
-        dz[:, t] = step
-        dc_next = dc * f[:, t]
+        dc_next = dc * f_t[t]
         dh_next = step @ R
+    dz = dz.transpose(1, 0, 2)
     dzT = dz.transpose(0, 2, 1)
     grads = {"W": np.matmul(dzT, x), "R": np.matmul(dzT, h_prev), "b": dz.sum(axis=1)}
     if proj is not None:
-        grads["proj"] = np.matmul(dh_all.transpose(0, 2, 1), o * tanh_c)
+        grads["proj"] = np.matmul(dh_all.transpose(1, 2, 0), o * tanh_c)
     return grads, dz @ direction.W.materialize(np.float64)
 
 
