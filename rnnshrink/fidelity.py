@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import OptionError
 from .model import DenseLayer, EmbeddingLayer
-from .model.network import consumers_through_identity, feeding_layer, run_model
+from .model.network import apply_dense, consumers_through_identity, feeding_layer, run_model
 
 def probe_inputs(model, batch=8, steps=50, seed=0):
     """Seeded probe sequences for the first LSTM layer, as realistic as the file allows.
@@ -28,7 +28,7 @@ def probe_inputs(model, batch=8, steps=50, seed=0):
     """
     rng = np.random.default_rng(seed)
     first = model.lstm_layers[0]
-    name, table = _embedding_table(model, first)
+    name, table = embedding_table(model, first)
     if table is not None:
         tokens = rng.integers(0, table.shape[0], size=(batch, steps))
         return table[tokens].astype(np.float64), (
@@ -38,7 +38,7 @@ def probe_inputs(model, batch=8, steps=50, seed=0):
     return x, f"{batch} seeded standard-normal sequences of length {steps}"
 
 
-def _embedding_table(model, first):
+def embedding_table(model, first):
     """The Embedding feeding ``first``: from the topology, else (state dicts, which do not
     say) a 2-D pass-through tensor named like an embedding whose width is the input width."""
     embedding = feeding_layer(model, first, EmbeddingLayer)
@@ -174,19 +174,19 @@ def compare(original, compressed, x, seed=0):
             layers[layer.name] = {"output_rel_error": relative_error(y1, y0),
                                   "state_rel_error": relative_error(h1, h0), "compared_at": "output"}
             continue
-        head0, head1 = _head(original, layer), _head(compressed, layer)
+        head0, head1 = dense_head(original, layer), dense_head(compressed, layer)
         if head0 is not None and head1 is not None:
-            error = relative_error(_apply_dense(head1, y1), _apply_dense(head0, y0))
+            error = relative_error(apply_dense(head1, y1), apply_dense(head0, y0))
             layers[layer.name] = {"output_rel_error": error, "state_rel_error": None,
                                   "compared_at": head0.name}
         else:
             layers[layer.name] = {"output_rel_error": None, "state_rel_error": None,
                                   "compared_at": "next layer"}
     last = original.lstm_layers[-1]
-    head0, head1 = _head(original, last), _head(compressed, last)
+    head0, head1 = dense_head(original, last), dense_head(compressed, last)
     if head0 is not None and head1 is not None:
-        overall = relative_error(_apply_dense(head1, after[last.name][0]),
-                                 _apply_dense(head0, before[last.name][0]))
+        overall = relative_error(apply_dense(head1, after[last.name][0]),
+                                 apply_dense(head0, before[last.name][0]))
     else:
         overall = layers[last.name]["output_rel_error"]
     return {"layers": layers, "output_rel_error": overall,
@@ -200,12 +200,7 @@ def relative_error(value, reference):
     return float(difference / scale) if scale > 0 else float(difference)
 
 
-def _apply_dense(layer, y):
-    out = layer.W.operator()(y)
-    return out if layer.b is None else out + layer.b
-
-
-def _head(model, layer):
+def dense_head(model, layer):
     """The Dense layer consuming ``layer``'s output directly or through identity layers."""
     return next((c for c in consumers_through_identity(model, layer.name)
                  if isinstance(c, DenseLayer)), None)

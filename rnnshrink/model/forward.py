@@ -21,7 +21,8 @@ ONNX ``LSTM`` operator spec (equations, ``clip``, directions); PyTorch ``nn.LSTM
 import numpy as np
 
 
-def run_direction(layer, direction, x, h0=None, c0=None, reverse=False, dtype=np.float64):
+def run_direction(layer, direction, x, h0=None, c0=None, reverse=False, dtype=np.float64,
+                  cache=None):
     """Run one direction of ``layer`` over a batch of sequences.
 
     Parameters
@@ -34,6 +35,10 @@ def run_direction(layer, direction, x, h0=None, c0=None, reverse=False, dtype=np
     c0 : ndarray of shape (batch, hidden), optional
     reverse : bool
         Read the sequence from its last step to its first.
+    cache : dict, optional
+        Filled, for the backward pass (:mod:`rnnshrink.model.backward`), with ``z`` of shape
+        (batch, time, 4 * hidden), the gate pre-activations before clipping, and ``c`` of shape
+        (batch, time, hidden), the cell states, both in input time order.
 
     Returns
     -------
@@ -53,9 +58,14 @@ def run_direction(layer, direction, x, h0=None, c0=None, reverse=False, dtype=np
     # The input product of every step at once, outside the recurrence.
     xw = direction.W.operator(dtype)(x) + direction.b.astype(dtype)
     y = np.empty((batch, steps, layer.out_size), dtype)
+    if cache is not None:
+        cache["z"] = np.empty((batch, steps, 4 * hidden), dtype)
+        cache["c"] = np.empty((batch, steps, hidden), dtype)
     order = range(steps - 1, -1, -1) if reverse else range(steps)
     for t in order:
         z = xw[:, t] + recurrent(h)
+        if cache is not None:
+            cache["z"][:, t] = z
         if layer.clip is not None:
             z = np.clip(z, -layer.clip, layer.clip)
         zi, zf, zg, zo = np.split(z, 4, axis=1)
@@ -63,10 +73,12 @@ def run_direction(layer, direction, x, h0=None, c0=None, reverse=False, dtype=np
         m = gate(zo) * out(c)
         h = project(m) if project is not None else m
         y[:, t] = h
+        if cache is not None:
+            cache["c"][:, t] = c
     return y, h, c
 
 
-def run_layer(layer, x, initial_state=None, dtype=np.float64):
+def run_layer(layer, x, initial_state=None, dtype=np.float64, caches=None):
     """Run an LSTM layer (all its directions) over a batch of sequences.
 
     Parameters
@@ -76,6 +88,8 @@ def run_layer(layer, x, initial_state=None, dtype=np.float64):
     initial_state : tuple (h0, c0), optional
         ``h0`` of shape (directions, batch, out), ``c0`` of shape (directions, batch, hidden);
         zeros when omitted.
+    caches : list, optional
+        Gets one :func:`run_direction` ``cache`` dict appended per direction.
 
     Returns
     -------
@@ -96,7 +110,11 @@ def run_layer(layer, x, initial_state=None, dtype=np.float64):
         if initial_state is not None:
             h0, c0 = initial_state[0][k], initial_state[1][k]
         reverse = k == 1 or layer.reverse_only
-        y, h, c = run_direction(layer, direction, x, h0, c0, reverse=reverse, dtype=dtype)
+        cache = None if caches is None else {}
+        y, h, c = run_direction(layer, direction, x, h0, c0, reverse=reverse, dtype=dtype,
+                                cache=cache)
+        if caches is not None:
+            caches.append(cache)
         ys.append(y)
         hs.append(h)
         cs.append(c)

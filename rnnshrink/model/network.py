@@ -88,6 +88,12 @@ def trace_model(model, x, seed=0, layer_inputs=None):
     return traces
 
 
+def apply_dense(layer, y):
+    """A :class:`DenseLayer`'s pre-activation outputs ``W y + b`` on ``y`` (..., in); (..., out)."""
+    out = layer.W.operator()(y)
+    return out if layer.b is None else out + layer.b
+
+
 def run_model(model, x, seed=0):
     """:func:`trace_model` without the inputs: per LSTM layer name, ``(y, h, c)``."""
     return {name: trace[1:] for name, trace in trace_model(model, x, seed).items()}
