@@ -218,8 +218,8 @@ def sweep(model_path, output, plot_output, calib, force, recurrent_activation, a
         click.echo(f"wrote {path}")
 
 
-def _draw_progress(description, total):
-    return _progress(description, total, unit="draw")
+def _run_progress(description, total):
+    return _progress(description, total, unit="run")
 
 
 @cli.command()
@@ -244,7 +244,8 @@ def _draw_progress(description, total):
               help="Monte Carlo draws of the noise (one pass without noise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise draws.")
 @click.option("--sweep", "sweep_spec", metavar="SETTING=RANGE",
-              help="Simulate each value of one setting: input-bits=2..8, noise=0,0.05,0.1, ...")
+              help="Simulate each value of one setting (replacing its option): input-bits=2..8, "
+              "noise=0,0.05,0.1, ...")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the --sweep table as CSV.")
 @click.option("--plot", "plot_output", type=click.Path(dir_okay=False),
               help="Also draw the --sweep errors as PNG (needs matplotlib).")
@@ -261,7 +262,7 @@ def simulate(model_path, calib, draws, seed, sweep_spec, output, plot_output, fo
     """
     settings = Settings(**settings)
     done = api.simulate_file(model_path, settings, calib, draws, seed, sweep_spec, output,
-                             plot_output, force, None if as_json else _draw_progress,
+                             plot_output, force, None if as_json else _run_progress,
                              _read_options(recurrent_activation, allow_nonfinite))
     if as_json:
         _echo_json(done)

@@ -23,7 +23,7 @@ from .errors import OptionError
 from .fidelity import head_output, relative_error
 from .io.atomic import atomic_path
 from .model.network import trace_model
-from .sweep import load_pyplot
+from .sweep import load_pyplot, save_png
 from .transforms import Context
 
 METRICS = ("output_rel_error", "h_rel_error", "c_rel_error")
@@ -238,16 +238,12 @@ def plot(rows, path):
     pyplot = load_pyplot()
     figure, axes = pyplot.subplots(figsize=(6, 4))
     for metric, label in zip(METRICS, ("model output", "final h", "final c")):
-        axes.errorbar([row["value"] for row in rows], [row[metric] for row in rows],
-                      yerr=[row[f"{metric}_std"] for row in rows], marker="o", markersize=3,
+        shown = [row for row in rows if row[metric] > 0]  # a log axis cannot show 0
+        axes.errorbar([row["value"] for row in shown], [row[metric] for row in shown],
+                      yerr=[row[f"{metric}_std"] for row in shown], marker="o", markersize=3,
                       capsize=3, label=label)
     axes.set(xlabel=rows[0]["setting"], ylabel="relative error vs float", yscale="log")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    pyplot.close(figure)
+    save_png(pyplot, figure, axes, path)
 
 
 def format_table(result):

@@ -1,6 +1,5 @@
 """simulate: the compute-in-memory simulation against the float reference, sweeps, the command."""
 
-import builtins
 import csv
 import json
 from pathlib import Path
@@ -16,7 +15,7 @@ from rnnshrink.cli import cli
 from rnnshrink.fidelity import probe_inputs
 from rnnshrink.model.network import run_model
 
-from _models import stack_model
+from _models import hide_matplotlib, stack_model
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CHARLM = FIXTURES / "charlm.pt"
@@ -177,14 +176,7 @@ def test_cli_output_needs_sweep(tmp_path):
 
 
 def test_cli_plot_without_matplotlib(tmp_path, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.split(".")[0] == "matplotlib":
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    hide_matplotlib(monkeypatch)
     result = run("simulate", CHARLM, "--sweep", "noise=0,0.01", "-o", tmp_path / "s.csv",
                  "--plot", tmp_path / "s.png")
     assert result.exit_code == 1
