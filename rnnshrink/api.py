@@ -3,6 +3,7 @@
 Each function here is what one command does, usable from Python without the command line.
 """
 
+import dataclasses
 from pathlib import Path
 
 from . import budget as budget_module
@@ -189,3 +190,45 @@ def convert_file(model_path, to, output=None, force=False, onnx_style="auto", op
         description = keras_export.export_keras(model, output)
     return {"output": str(output), "to": to, "bytes": output.stat().st_size,
             "lstm_bytes": summarize(model)["lstm_bytes"], **description}
+
+
+def simulate_file(model_path, settings, calib=None, draws=5, seed=0, sweep=None, output=None,
+                  plot_output=None, force=False, progress=None, read_options=None):
+    """Simulate a checkpoint as a compute-in-memory LSTM (``rnnshrink simulate``).
+
+    Parameters
+    ----------
+    settings : rnnshrink.cim.Settings
+    sweep : str, optional
+        ``SETTING=FIRST..LAST`` or ``SETTING=V1,V2,...`` (:func:`rnnshrink.simulate.parse_sweep`):
+        simulate each value; ``output`` (CSV) and ``plot_output`` (PNG) are written from it.
+
+    Returns
+    -------
+    dict
+        ``probe``, ``calibrated`` (whether ``calib`` was given), ``settings``, and ``result``
+        (:func:`rnnshrink.simulate.simulate`) or, with ``sweep``, ``rows``, ``output``, ``plot``.
+    """
+    from . import simulate as simulation
+
+    if (output or plot_output) and not sweep:
+        raise OptionError("-o/--plot write a sweep table: give --sweep SETTING=RANGE")
+    simulation.check_draws(draws)
+    swept = simulation.parse_sweep(sweep, settings) if sweep else None
+    if plot_output:
+        simulation.load_pyplot()
+    for path in filter(None, (output, plot_output)):
+        check_output_path(path, inputs=[model_path], force=force)
+    model = io.read(model_path, **(read_options or {}))
+    x, probe = probes_for(model, calib)
+    context = Context(progress=progress, inputs=x, probe=probe)
+    done = {"probe": probe, "calibrated": bool(calib), "settings": dataclasses.asdict(settings)}
+    if swept is None:
+        return {**done, "result": simulation.simulate(model, x, settings, draws, seed, context)}
+    rows = simulation.sweep(model, x, settings, *swept, draws=draws, seed=seed, context=context)
+    if output:
+        simulation.write_csv(rows, output)
+    if plot_output:
+        simulation.plot(rows, plot_output)
+    return {**done, "rows": rows, "output": output and str(output),
+            "plot": plot_output and str(plot_output)}

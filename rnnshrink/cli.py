@@ -10,9 +10,12 @@ import json
 import click
 
 from . import __version__, api, io
+from .cim import Settings
 from .errors import OptionError, RnnshrinkError
 from .pipeline import parse_step, read_recipe
 from .report import format_compression, format_table, summarize
+from .simulate import describe, format_rows
+from .simulate import format_table as format_errors
 
 
 def _library_errors(command):
@@ -212,6 +215,62 @@ def sweep(model_path, output, plot_output, calib, force, recurrent_activation, a
     for reason in result["skipped"]:
         click.echo(f"skipped {reason}")
     for path in filter(None, (result["output"], result["plot"])):
+        click.echo(f"wrote {path}")
+
+
+def _run_progress(description, total):
+    return _progress(description, total, unit="run")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Inputs of the first LSTM (.npy, shape (N, T, D)) to simulate on (default: probes).")
+@click.option("--input-bits", type=int, help="DAC bits of the crossbar inputs x_t, h_t-1 (default: ideal).")
+@click.option("--adc-bits", type=int, help="ADC bits of the matrix-vector outputs (default: ideal).")
+@click.option("--adc-clip", type=float,
+              help="PACT clip before the ADC, in pre-activation units (default: the largest seen).")
+@click.option("--state-bits", type=int, help="Bits of the digital gate and state arithmetic (default: ideal).")
+@click.option("--weight-bits", type=int, help="Conductance bits of weights and biases (default: float).")
+@click.option("--weight-map", type=click.Choice(["scale", "clamp"]), default="scale", show_default=True,
+              help="scale: each matrix spans the full conductance range, rescaled after the product; "
+              "clamp: QuantizedLSTM's rule on the weights as trained (clamped to +-max_w).")
+@click.option("--max-w", type=float, default=0.2, show_default=True,
+              help="Largest weight of --weight-map clamp (its noise unit).")
+@click.option("--noise", type=float, default=0.0, show_default=True,
+              help="Weight noise nl: sigma = nl * max_w (scale: nl * the matrix's largest weight), "
+              "drawn per sequence.")
+@click.option("--draws", type=int, default=5, show_default=True,
+              help="Monte Carlo draws of the noise (one pass without noise).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise draws.")
+@click.option("--sweep", "sweep_spec", metavar="SETTING=RANGE",
+              help="Simulate each value of one setting (replacing its option): input-bits=2..8, "
+              "noise=0,0.05,0.1, ...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the --sweep table as CSV.")
+@click.option("--plot", "plot_output", type=click.Path(dir_okay=False),
+              help="Also draw the --sweep errors as PNG (needs matplotlib).")
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@read_options
+@_library_errors
+def simulate(model_path, calib, draws, seed, sweep_spec, output, plot_output, force, as_json,
+             recurrent_activation, allow_nonfinite, **settings):
+    """Simulate MODEL on compute-in-memory hardware: its error against the float model.
+
+    Examples: rnnshrink simulate fixtures/charlm.pt --input-bits 4 --adc-bits 6 --noise 0.02;
+    rnnshrink simulate model.pt --calib x.npy --sweep input-bits=2..8 -o dac.csv --plot dac.png
+    """
+    settings = Settings(**settings)
+    done = api.simulate_file(model_path, settings, calib, draws, seed, sweep_spec, output,
+                             plot_output, force, None if as_json else _run_progress,
+                             _read_options(recurrent_activation, allow_nonfinite))
+    if as_json:
+        _echo_json(done)
+        return
+    click.echo(f"{describe(settings)}\nsimulated on {done['probe']}"
+               + ("" if done["calibrated"] else " (rnnshrink's probes: give --calib for real inputs)"))
+    click.echo(format_errors(done["result"]) if "result" in done else format_rows(done["rows"]))
+    for path in filter(None, (done.get("output"), done.get("plot"))):
         click.echo(f"wrote {path}")
 
 

@@ -193,6 +193,13 @@ def compare(original, compressed, x, seed=0):
             "state_rel_error": layers[last.name]["state_rel_error"]}
 
 
+def head_output(model, y):
+    """What ``model`` finally outputs given its last LSTM layer's output sequence ``y``: the
+    Dense head's pre-activations when the file has one (as :func:`compare`), else ``y``."""
+    head = dense_head(model, model.lstm_layers[-1])
+    return y if head is None else apply_dense(head, y)
+
+
 def relative_error(value, reference):
     """``‖value − reference‖_F / ‖reference‖_F`` (0 when both are zero)."""
     scale = np.linalg.norm(reference)

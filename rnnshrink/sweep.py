@@ -123,6 +123,11 @@ def plot(rows, path):
     if front:
         axes.plot(*zip(*front), color="black", linestyle=":", label="Pareto front")
     axes.set(xlabel="LSTM size ratio (before / after)", ylabel="output relative error", yscale="log")
+    save_png(pyplot, figure, axes, path)
+
+
+def save_png(pyplot, figure, axes, path):
+    """Grid and legend on ``axes``; ``figure`` written atomically to ``path`` as PNG, closed."""
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()

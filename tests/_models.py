@@ -199,3 +199,17 @@ def model_of(name, step=None):
 
     model = rnnshrink.read(fixture(name))
     return Pipeline([parse_step(step)]).run(model) if step else model
+
+
+def hide_matplotlib(monkeypatch):
+    """Make ``import matplotlib`` fail for the rest of the test, as where it is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)

@@ -1,6 +1,5 @@
 """sweep: a CSV of size against error for a grid of recipes, the Pareto front marked, a plot."""
 
-import builtins
 import csv
 import shutil
 from pathlib import Path
@@ -12,6 +11,8 @@ import rnnshrink
 from rnnshrink import sweep
 from rnnshrink.cli import cli
 from rnnshrink.fidelity import probe_inputs
+
+from _models import hide_matplotlib
 
 CHARLM = Path(__file__).resolve().parent.parent / "fixtures" / "charlm.pt"
 SMALL_GRID = [["quant:bits=8"], ["quant:bits=4,group=64"], ["prune:sparsity=0.5"],
@@ -75,14 +76,7 @@ def test_cli_refuses_to_overwrite_the_input(tmp_path, small_grid):
 
 
 def test_plot_without_matplotlib(tmp_path, small_grid, monkeypatch):
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.split(".")[0] == "matplotlib":
-            raise ImportError("No module named 'matplotlib'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    hide_matplotlib(monkeypatch)
     result = run("sweep", CHARLM, "-o", tmp_path / "s.csv", "--plot", tmp_path / "s.png")
     assert result.exit_code == 1
     assert result.output.strip() == "Error: --plot needs matplotlib: pip install rnnshrink[plot]"

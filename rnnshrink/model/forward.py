@@ -12,6 +12,14 @@ with f = gate activation (sigmoid), g = cell activation (tanh), h = hidden activ
 A reverse direction runs the same recurrence over the time-reversed sequence and its outputs
 are flipped back, as in the ONNX spec and PyTorch.
 
+Numerics: the same loop can run with other arithmetic (a compute-in-memory simulation,
+:mod:`rnnshrink.cim`). A ``numerics`` object supplies ``operators(direction, dtype)`` -> the
+products ``W``, ``R`` (and ``proj``) and the bias ``b``, and ``point(name, value)``, applied to
+each named intermediate: ``dac_x``, ``dac_h``, ``dac_m`` (inputs of a matrix product),
+``adc_x`` (``W x + b``), ``adc_h`` (``R h``), ``adc_m`` (``proj m``), and ``gates`` (z), ``i``,
+``f``, ``g``, ``o``, ``fc`` (f * c), ``ig`` (i * g), ``c``, ``tanh_c``, ``m``. The default,
+:data:`FLOAT`, is the identity: plain float arithmetic.
+
 References
 ----------
 ONNX ``LSTM`` operator spec (equations, ``clip``, directions); PyTorch ``nn.LSTM`` docs
@@ -21,8 +29,24 @@ ONNX ``LSTM`` operator spec (equations, ``clip``, directions); PyTorch ``nn.LSTM
 import numpy as np
 
 
+class Float:
+    """The reference numerics: float arithmetic, every point left as computed."""
+
+    def operators(self, direction, dtype):
+        """The products ``W x``, ``R h``, ``proj m`` (None without projection) and the bias."""
+        proj = direction.proj.operator(dtype) if direction.proj is not None else None
+        return (direction.W.operator(dtype), direction.R.operator(dtype),
+                direction.b.astype(dtype), proj)
+
+    def point(self, name, value):
+        return value
+
+
+FLOAT = Float()
+
+
 def run_direction(layer, direction, x, h0=None, c0=None, reverse=False, dtype=np.float64,
-                  cache=None):
+                  numerics=None, cache=None):
     """Run one direction of ``layer`` over a batch of sequences.
 
     Parameters
@@ -35,6 +59,8 @@ def run_direction(layer, direction, x, h0=None, c0=None, reverse=False, dtype=np
     c0 : ndarray of shape (batch, hidden), optional
     reverse : bool
         Read the sequence from its last step to its first.
+    numerics : object, optional
+        ``operators`` and ``point`` as in the module docstring; :data:`FLOAT` by default.
     cache : dict, optional
         Filled, for the backward pass (:mod:`rnnshrink.model.backward`), with ``z`` of shape
         (batch, time, 4 * hidden), the gate pre-activations before clipping, and ``c`` of shape
@@ -52,33 +78,34 @@ def run_direction(layer, direction, x, h0=None, c0=None, reverse=False, dtype=np
     h = np.zeros((batch, layer.out_size), dtype) if h0 is None else np.asarray(h0, dtype)
     c = np.zeros((batch, hidden), dtype) if c0 is None else np.asarray(c0, dtype)
     gate, cell, out = layer.gate_activation, layer.cell_activation, layer.hidden_activation
-    recurrent = direction.R.operator(dtype)
-    project = direction.proj.operator(dtype) if direction.proj is not None else None
+    q = (numerics or FLOAT).point
+    input_product, recurrent, b, project = (numerics or FLOAT).operators(direction, dtype)
 
     # The input product of every step at once, outside the recurrence.
-    xw = direction.W.operator(dtype)(x) + direction.b.astype(dtype)
+    xw = q("adc_x", input_product(q("dac_x", x)) + b)
     y = np.empty((batch, steps, layer.out_size), dtype)
     if cache is not None:
         cache["z"] = np.empty((batch, steps, 4 * hidden), dtype)
         cache["c"] = np.empty((batch, steps, hidden), dtype)
     order = range(steps - 1, -1, -1) if reverse else range(steps)
     for t in order:
-        z = xw[:, t] + recurrent(h)
+        z = q("gates", xw[:, t] + q("adc_h", recurrent(q("dac_h", h))))
         if cache is not None:
             cache["z"][:, t] = z
         if layer.clip is not None:
             z = np.clip(z, -layer.clip, layer.clip)
         zi, zf, zg, zo = np.split(z, 4, axis=1)
-        c = gate(zf) * c + gate(zi) * cell(zg)
-        m = gate(zo) * out(c)
-        h = project(m) if project is not None else m
+        i, f, g, o = q("i", gate(zi)), q("f", gate(zf)), q("g", cell(zg)), q("o", gate(zo))
+        c = q("c", q("fc", f * c) + q("ig", i * g))
+        m = q("m", o * q("tanh_c", out(c)))
+        h = q("adc_m", project(q("dac_m", m))) if project is not None else m
         y[:, t] = h
         if cache is not None:
             cache["c"][:, t] = c
     return y, h, c
 
 
-def run_layer(layer, x, initial_state=None, dtype=np.float64, caches=None):
+def run_layer(layer, x, initial_state=None, dtype=np.float64, numerics=None, caches=None):
     """Run an LSTM layer (all its directions) over a batch of sequences.
 
     Parameters
@@ -88,6 +115,9 @@ def run_layer(layer, x, initial_state=None, dtype=np.float64, caches=None):
     initial_state : tuple (h0, c0), optional
         ``h0`` of shape (directions, batch, out), ``c0`` of shape (directions, batch, hidden);
         zeros when omitted.
+    numerics : object, optional
+        ``numerics.direction(layer, k)`` gives direction ``k``'s numerics (see
+        :func:`run_direction`); float arithmetic when omitted.
     caches : list, optional
         Gets one :func:`run_direction` ``cache`` dict appended per direction.
 
@@ -110,9 +140,10 @@ def run_layer(layer, x, initial_state=None, dtype=np.float64, caches=None):
         if initial_state is not None:
             h0, c0 = initial_state[0][k], initial_state[1][k]
         reverse = k == 1 or layer.reverse_only
+        arithmetic = numerics.direction(layer, k) if numerics is not None else None
         cache = None if caches is None else {}
         y, h, c = run_direction(layer, direction, x, h0, c0, reverse=reverse, dtype=dtype,
-                                cache=cache)
+                                numerics=arithmetic, cache=cache)
         if caches is not None:
             caches.append(cache)
         ys.append(y)

@@ -42,7 +42,7 @@ def consumers_through_identity(model, name):
             yield consumer
 
 
-def trace_model(model, x, seed=0, layer_inputs=None):
+def trace_model(model, x, seed=0, layer_inputs=None, numerics=None):
     """Run every LSTM layer of ``model``, each on the input the file says it gets.
 
     A layer fed by an LSTM layer gets that layer's output sequence; the first layer gets
@@ -59,6 +59,9 @@ def trace_model(model, x, seed=0, layer_inputs=None):
     layer_inputs : dict of str to ndarray of shape (batch, time, input of that layer), optional
         Defaults to ``x.layer_inputs`` when ``x`` has one
         (:class:`rnnshrink.fidelity.CalibrationInputs`).
+    numerics : object, optional
+        The arithmetic the layers run with (see :func:`rnnshrink.model.forward.run_layer`);
+        float when omitted.
 
     Returns
     -------
@@ -83,7 +86,7 @@ def trace_model(model, x, seed=0, layer_inputs=None):
         else:
             rng = np.random.default_rng(seed + 1000 + index)
             inputs = rng.standard_normal(x.shape[:2] + (layer.input_size,))
-        traces[layer.name] = (inputs, *run_layer(layer, inputs))
+        traces[layer.name] = (inputs, *run_layer(layer, inputs, numerics=numerics))
         previous = layer
     return traces
 
