@@ -117,16 +117,16 @@ def sensitivities(model, kind, probes=None, seed=0):
     if kind != "rms" and probes is None:
         raise OptionError(f"sensitivity {kind} needs probe inputs")
     if kind == "rms":
-        return {key: np.broadcast_to(1.0 / _floored(np.mean(w.materialize() ** 2, axis=1))[:, None],
+        return {key: np.broadcast_to(1.0 / floored(np.mean(w.materialize() ** 2, axis=1))[:, None],
                                      w.shape) for key, w in matrices(model).items()}
     if kind == "hessian":
         shapes = {key: w.shape for key, w in matrices(model).items()}
-        return {key: np.broadcast_to(_floored(np.mean(samples ** 2, axis=0))[None, :], shapes[key])
+        return {key: np.broadcast_to(floored(np.mean(samples ** 2, axis=0))[None, :], shapes[key])
                 for key, samples in _samples(model, probes, seed)}
     problem = fisher_problem(model, probes)
     if problem is not None:
         raise OptionError(problem)
-    return {key: _floored(value) for key, value in fisher(model, probes.x, seed).items()}
+    return {key: floored(value) for key, value in fisher(model, probes.x, seed).items()}
 
 
 def second_moments(model, probes, seed=0):
@@ -236,7 +236,7 @@ def _samples(model, probes, seed):
                 yield (layer.name, k, role), found[role]
 
 
-def _floored(values):
+def floored(values):
     """``values`` raised to at least ``FLOOR`` times their mean (ones if they are all zero)."""
     values = np.asarray(values, dtype=np.float64)
     mean = values.mean()
