@@ -6,13 +6,16 @@ Each function here is what one command does, usable from Python without the comm
 import dataclasses
 from pathlib import Path
 
+import numpy as np
+
 from . import budget as budget_module
 from . import io
 from .errors import OptionError
-from .fidelity import compare, load_calibration, probe_inputs
+from .fidelity import compare, load_calibration
 from .io import container
 from .io.atomic import atomic_path, check_output_path
 from .pipeline import Pipeline, recipe_toml
+from .probes import self_probes
 from .report import compression_summary, summarize
 from .transforms import Context
 
@@ -27,9 +30,30 @@ def default_output(model_path, output_format):
     return path.with_name(f"{path.stem}.compressed{path.suffix}")
 
 
+# Probe multiply-adds per model run: the probe count shrinks for big models, within these.
+PROBE_MACS = 2.5e9
+PROBE_SAMPLES = (400, 12_800)
+
+
 def probes_for(model, calib=None, seed=0):
-    """Inputs for fidelity figures: the user's (``calib``, an .npy / .npz path) or seeded probes."""
-    return load_calibration(calib, model) if calib else probe_inputs(model, seed=seed)
+    """Inputs for fidelity figures and data-aware steps: the user's (``calib``, an .npy / .npz
+    path), or probes the model makes itself (:func:`rnnshrink.probes.self_probes`: text the
+    language model writes, tokens of its input alphabet, ...), as many (sequence, step)
+    samples as :data:`PROBE_MACS` allows through the LSTM layers (sequences of 200 steps,
+    or 50 for big models), at least 8 sequences.
+
+    Returns
+    -------
+    x : ndarray of shape (N, T, input of the first LSTM layer)
+    description : str
+    """
+    if calib:
+        return load_calibration(calib, model)
+    params = max(sum(layer.params for layer in model.lstm_layers), 1)
+    samples = int(np.clip(PROBE_MACS / params, *PROBE_SAMPLES))
+    steps = 200 if samples >= 8 * 200 else 50
+    probes = self_probes(model, count=max(samples // steps, 8), steps=steps, seed=seed)
+    return probes.x, probes.description
 
 
 def compress_file(model_path, steps, output=None, output_format="rnnshrink", calib=None,

@@ -34,6 +34,9 @@ LADDERS = {
 DATA_AWARE = {"quant": {"method": "gptq"}, "svd": {"data": True}}
 DATA_LADDERS = {"svd": (None, {"tau": 0.999}, {"tau": 0.998}, {"tau": 0.995}, {"tau": 0.99},
                         {"tau": 0.97})}
+# ``using`` may name ``ecsq`` instead of ladders: entropy-coded weights on one whole-model
+# allocation (:mod:`rnnshrink.transforms.ecsq`) meet the goal in one step; the default.
+ECSQ = "ecsq"
 # Candidates are measured on this many of the input sequences (a max error is then checked on all).
 SEARCH_SEQUENCES = 4
 # How many rungs a move may skip: a rung that does not save bytes on its own (4-bit group 32
@@ -90,6 +93,8 @@ def search(model, target_ratio=None, max_error=None, using=("svd", "quant"), x=N
     context = context or Context()
     if x is None:
         x = context.inputs if context.inputs is not None else probe_inputs(model)[0]
+    if ECSQ in using:
+        return _allocated(model, target_ratio, max_error, x, context, plain)
     knobs = [name for name in LADDERS if name in using]
     names = [layer.name for layer in model.lstm_layers]
     evaluate = _Evaluator(model, x, knobs, names, context, plain)
@@ -154,10 +159,28 @@ def check_arguments(target_ratio, max_error, using, plain=False):
         raise OptionError(f"target ratio must be > 1, got {target_ratio}")
     if max_error is not None and not max_error > 0:
         raise OptionError(f"max error must be > 0, got {max_error}")
-    unknown = [name for name in using if name not in LADDERS]
+    unknown = [name for name in using if name not in LADDERS and name != ECSQ]
     if unknown or not using:
-        raise OptionError(f"using: choose from {', '.join(LADDERS)}, got "
+        raise OptionError(f"using: choose from {ECSQ} or {', '.join(LADDERS)}, got "
                           f"{', '.join(unknown) or '(nothing)'}")
+    if ECSQ in using and len(using) > 1:
+        raise OptionError(f"using: {ECSQ} allocates every LSTM matrix on its own; it cannot be "
+                          f"combined with {', '.join(name for name in using if name != ECSQ)}")
+
+
+def _allocated(model, target_ratio, max_error, x, context, plain):
+    """:func:`search` with ``using=("ecsq",)``: one ecsq step meets the goal (rounded codes and
+    1 / row RMS² sensitivities when ``plain``)."""
+    params = {"ratio": target_ratio} if target_ratio is not None else {"error": max_error}
+    if plain:
+        params.update(gptq=False, sensitivity="rms")
+    step = make_step(ECSQ, params)
+    compressed = step.apply(model, Context(context.progress, context.seed, x, context.probe))
+    size = summarize(compressed)["lstm_bytes"]
+    error = compare(model, compressed, x, context.seed)["output_rel_error"]
+    point = {"recipe": [step.spec()], "lstm_bytes": size,
+             "ratio": round(summarize(model)["lstm_bytes"] / size, 4), "output_rel_error": error}
+    return [step], compressed, {"path": [point], "evaluations": 1, "sequences": len(x)}
 
 
 def _extremes(knobs, names):

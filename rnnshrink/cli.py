@@ -117,16 +117,16 @@ def report(model_path, as_json, original, calib, recurrent_activation, allow_non
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Inputs of the first LSTM (.npy, shape (N, T, D)) for the fidelity figures.")
 @click.option("--target-ratio", type=float,
-              help="Search per-layer transforms for this LSTM size ratio (before/after), least "
-              "output error first.")
+              help="Reach this LSTM size ratio (before/after) with the least output error: "
+              "entropy-coded weights on one allocation (ecsq), or a per-layer search (--using).")
 @click.option("--max-error", type=float,
-              help="Search for the smallest model whose output relative error stays within this.")
+              help="The smallest model whose output relative error stays within this.")
 @click.option("--using", metavar="NAMES",
-              help="Transforms --target-ratio/--max-error may use: svd, prune, quant "
-              "(default svd,quant).")
+              help="What --target-ratio/--max-error use: ecsq (default), or a greedy per-layer "
+              "search over any of svd, prune, quant.")
 @click.option("--plain", is_flag=True,
-              help="--target-ratio/--max-error: rounding quant and plain svd candidates only "
-              "(default: quant:method=gptq and svd:data=true, calibrated on --calib or the probes).")
+              help="--target-ratio/--max-error without calibration data: rounded codes (ecsq "
+              "with 1/row RMS^2 sensitivities; quant without gptq) and plain svd.")
 @click.option("--save-recipe", type=click.Path(dir_okay=False),
               help="Also write the recipe applied as TOML, to rerun with --recipe.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
@@ -161,9 +161,10 @@ def compress(model_path, transforms, tau, recipe, output, output_format, calib, 
         goal = (f"target ratio {target_ratio:g}x" if target_ratio is not None
                 else f"max error {max_error:g}")
         search = summary["search"]
-        click.echo(f"budget search ({goal}): {search['evaluations']} recipes measured on the first "
-                   f"{search['sequences']} of {summary['probe']}; the recipe (rerun with --recipe "
-                   "FILE):\n")
+        how = ("entropy-coded allocation" if search["using"] == ["ecsq"] else
+               f"budget search: {search['evaluations']} recipes measured on the first "
+               f"{search['sequences']} of {summary['probe']}")
+        click.echo(f"{how} ({goal}); the recipe (rerun with --recipe FILE):\n")
         click.echo(summary["recipe_toml"])
     if save_recipe:
         click.echo(f"wrote recipe {save_recipe}")
@@ -186,7 +187,7 @@ def _budget(target_ratio, max_error, using, transforms, tau, recipe, plain=False
     if given:
         raise OptionError(f"{search[0]} cannot be combined with {'/'.join(given)}: the search "
                           "chooses the transforms")
-    using = [name.strip() for name in (using or "svd,quant").split(",") if name.strip()]
+    using = [name.strip() for name in (using or "ecsq").split(",") if name.strip()]
     return {"target_ratio": target_ratio, "max_error": max_error, "using": using, "plain": plain}
 
 

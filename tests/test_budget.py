@@ -106,7 +106,7 @@ def test_unreachable_target_says_the_best_ratio(model, x):
     ({"target_ratio": 4, "max_error": 0.1}, "give a target ratio or a max error (exactly one)"),
     ({"target_ratio": 1}, "target ratio must be > 1, got 1"),
     ({"max_error": -1}, "max error must be > 0, got -1"),
-    ({"target_ratio": 4, "using": ("iss",)}, "using: choose from svd, prune, quant, got iss"),
+    ({"target_ratio": 4, "using": ("iss",)}, "using: choose from ecsq or svd, prune, quant, got iss"),
 ])
 def test_bad_arguments(model, x, kwargs, message):
     with pytest.raises(OptionError) as error:
@@ -131,8 +131,9 @@ def test_cli_search_prints_a_recipe_that_reruns_the_same(tmp_path):
                  recipe, "-o", tmp_path / "a.h5")
     assert result.exit_code == 0, result.output
     assert "[[transform]]" in result.output and recipe.read_text() in result.output
-    assert "budget search (target ratio 5x): " in result.output
-    assert "measured on the first 4 of 8 random token sequences" in result.output
+    assert "budget search: " in result.output and (
+        "recipes measured on the first 4 of 60 sequences of 200 tokens sampled from the model "
+        "itself (temperature 1, seed 0) (target ratio 5x)" in result.output)
     assert "method = \"gptq\"" in recipe.read_text()
     searched = json.loads(run("report", tmp_path / "a.h5", "--compare", CHARLM, "--json").output)
     rerun = run("compress", CHARLM, "--recipe", recipe, "-o", tmp_path / "b.h5", "--json")
@@ -153,7 +154,7 @@ def test_cli_search_prints_a_recipe_that_reruns_the_same(tmp_path):
     (["--using", "quant", "-t", "quant:bits=8"], "Error: --using needs --target-ratio or --max-error"),
     (["--plain", "-t", "quant:bits=8"], "Error: --plain needs --target-ratio or --max-error"),
     (["--target-ratio", 4, "--using", "svd,lowrank"],
-     "Error: using: choose from svd, prune, quant, got lowrank"),
+     "Error: using: choose from ecsq or svd, prune, quant, got lowrank"),
     (["--target-ratio", 0.5], "Error: target ratio must be > 1, got 0.5"),
 ])
 def test_cli_conflicting_options(tmp_path, args, line):
