@@ -124,7 +124,7 @@ def assert_contract(original, compressed, x):
     assert summary["lstm_bytes"] == sum(layer.nbytes for layer in compressed.lstm_layers)
     for row, layer in zip(summary["lstm_layers"], compressed.lstm_layers):
         matrices = sum(w.nbytes for d in layer.directions for w in d.matrices.values())
-        biases = sum(d.bias_terms * d.b.size * dtype_bytes(d.bias_dtype) for d in layer.directions)
+        biases = sum(d.bias_params * dtype_bytes(d.bias_dtype) for d in layer.directions)
         assert row["bytes"] == matrices + biases
     error = compare(original, compressed, x)["output_rel_error"]
     assert np.isfinite(error)
@@ -196,6 +196,8 @@ def model_of(name, step=None):
     """A fixture read into the IR, after one pipeline step when ``step`` is given."""
     import rnnshrink
     from rnnshrink.pipeline import Pipeline, parse_step
+    from rnnshrink.transforms import Context
 
     model = rnnshrink.read(fixture(name))
-    return Pipeline([parse_step(step)]).run(model) if step else model
+    context = Context(inputs=probe_inputs(model)[0])  # what data-aware steps (slim) fit on
+    return Pipeline([parse_step(step)]).run(model, context) if step else model
