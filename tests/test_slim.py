@@ -29,13 +29,15 @@ from rnnshrink.transforms.slim import fit_gate
 
 from _models import (
     FIXTURES,
+    TABLE,
     assert_contract,
     assert_unchanged,
     charlm,
+    random_parameters,
     snapshot,
     stack_model,
+    variant_direction,
 )
-from test_gated import TABLE, random_parameters, variant_direction
 
 
 def slimmed(model, *steps):
