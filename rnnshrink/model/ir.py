@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 
 from .activations import SIGMOID, TANH, Activation
-from .gated import GATES, bias_mask, check_direction, check_fixed_gates
+from .gated import bias_mask, check_direction, check_fixed_gates
 from .weights import Dense, Weight, dtype_bytes
 
 
