@@ -112,7 +112,7 @@ def slim_direction(direction, variant, activation, x, h):
         ``variant`` with :class:`Gated` W and R stored at the original dtypes, one bias term.
     fit : dict of str to float
         Per fitted gate, the fraction of its pre-activations' variance the fit explains (R²);
-        per fixed gate ``"<gate>=<value>"``, the mean of the original gate over the samples.
+        per fixed gate (key ``"<gate> fixed at <value>"``), the original gate's mean.
     """
     W, R = direction.W.materialize(), direction.R.materialize()
     b = direction.b.astype(np.float64)
@@ -125,7 +125,7 @@ def slim_direction(direction, variant, activation, x, h):
         if spec.fixed is not None:
             R_blocks.append(None)
             biases[rows] = fixed_bias(activation, spec.fixed)
-            fit[f"{GATES[k]}={spec.fixed:g}"] = float(activation(z[:, rows]).mean())
+            fit[f"{GATES[k]} fixed at {spec.fixed:g}"] = float(activation(z[:, rows]).mean())
             continue
         if spec.input and spec.recurrent == "full":  # the cell candidate, kept as it is
             R_blocks.append(dense_like(direction.R.values[rows], direction.R))
@@ -189,6 +189,10 @@ class Slim(Transform):
     layers : str, optional
         Comma-separated LSTM layer names; all LSTM layers by default.
 
+    Every selected layer is fitted on the original model traced on the context's inputs, at
+    most 20,000 seeded (sequence, time) samples per layer; its note gives the fit's R² per
+    gate and, per fixed gate, the original gate's mean.
+
     References
     ----------
     Akandeh & Salem, arXiv 1707.04619 / 1707.04623; rnnshrink ``methods.md`` §6.
@@ -236,7 +240,7 @@ class Slim(Transform):
 
 def _note(layer, new_layer, fits, samples, probe):
     found = "; ".join(", ".join(
-        f"{gate} mean {value:.3f}" if "=" in gate else f"{gate} R² {value:.3f}"
+        f"{gate} (was {value:.3f} on average)" if "fixed" in gate else f"{gate} R² {value:.3f}"
         for gate, value in fit.items()) for fit in fits)
     return (f"slim {layer.name}: {new_layer.variant} fitted on {samples} states of "
             f"{probe or 'the given inputs'} ({found}); LSTM params {layer.params:,} -> "
