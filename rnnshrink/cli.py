@@ -103,7 +103,7 @@ def report(model_path, as_json, original, calib, recurrent_activation, allow_non
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("-t", "--transform", "transforms", multiple=True, metavar="NAME:K=V,...",
               help="A transform step, e.g. svd:tau=0.6 or quant:bits=4,group=64; repeat to chain "
-              "(applied in order). Names: svd, lowrank, iss, prune, quant.")
+              "(applied in order). Names: svd, lowrank, iss, prune, quant, slim.")
 @click.option("--tau", type=float,
               help="Shortcut for -t svd:tau=TAU (fraction of energy kept), applied before -t steps.")
 @click.option("--recipe", type=click.Path(dir_okay=False),

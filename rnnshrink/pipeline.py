@@ -19,7 +19,7 @@ from .errors import OptionError
 from .transforms import REGISTRY, Context
 
 # Transforms that change a matrix's structure need dense input; they must come first.
-STRUCTURAL = ("svd", "lowrank", "iss")
+STRUCTURAL = ("svd", "lowrank", "iss", "slim")
 
 
 def parse_step(text):
@@ -99,7 +99,7 @@ class Pipeline:
     Parameters
     ----------
     steps : list of Transform
-        Validated on construction: at least one step, structural steps (svd, lowrank, iss)
+        Validated on construction: at least one step, structural steps (svd, lowrank, iss, slim)
         before any prune or quant step, each layer quantized at most once (several quant
         steps must name disjoint ``layers``).
     """

@@ -22,7 +22,7 @@ def summarize(model):
     dict
         ``format``, ``producer``, ``topology``, ``lstm_layers`` (list of per-layer dicts with
         ``name``, ``path``, ``directions``, ``input_size``, ``hidden_size``, ``proj_size``,
-        ``activations``, ``params``, ``bytes``, ``macs_per_step``, ``inputs``, ``weights``),
+        ``variant``, ``activations``, ``params``, ``bytes``, ``macs_per_step``, ``inputs``, ``weights``),
         ``lstm_params``, ``lstm_bytes``, ``lstm_macs_per_step``, ``other_params``,
         ``other_bytes``, ``total_params``, ``total_bytes``, ``notes``.
     """
@@ -69,6 +69,7 @@ def _layer_summary(layer: LSTMLayer):
         "input_size": layer.input_size,
         "hidden_size": layer.hidden_size,
         "proj_size": layer.proj_size,
+        "variant": layer.variant,
         "activations": {
             "gate": layer.gate_activation.describe(),
             "cell": layer.cell_activation.describe(),
@@ -96,8 +97,10 @@ def _representation(layer):
     for role, weight in layer["weights"].items():
         parts.setdefault(_weight_text(weight), []).append(role)
     if len(parts) == 1:
-        return next(iter(parts))
-    return ", ".join(f"{'/'.join(roles)} {text}" for text, roles in parts.items())
+        text = next(iter(parts))
+    else:
+        text = ", ".join(f"{'/'.join(roles)} {text}" for text, roles in parts.items())
+    return text if layer["variant"] == "LSTM" else f"{layer['variant']}: {text}"
 
 
 def _weight_text(weight):
@@ -107,6 +110,13 @@ def _weight_text(weight):
     if kind == "lowrank":
         factors = {_weight_text(weight["U"]), _weight_text(weight["V"])}
         return f"lowrank r{weight['rank']} ({'/'.join(sorted(factors))})"
+    if kind == "gated":  # gate blocks with the same storage grouped, e.g. "g float32, i/f/o diag"
+        blocks = {}
+        for gate, block in weight["blocks"].items():
+            shown = _weight_text(block) if isinstance(block, dict) else block
+            blocks.setdefault(shown, []).append(gate)
+        return ", ".join(f"{'/'.join(gates)} {text}" for text, gates in blocks.items()
+                         if text != "zero")
     if kind == "quantized":
         text = f"q{weight['bits']}/{weight['scales']}"
     else:

@@ -2,7 +2,7 @@
 
 Transform tests use the real fixtures where they exist (:func:`charlm`) and these small models
 for properties that need a hand-made structure (bidirectional layers, projections, unknown
-topology, hard_sigmoid gates).
+topology, hard_sigmoid gates), and Slim LSTM directions built from the paper's parameters.
 """
 
 import dataclasses
@@ -23,6 +23,7 @@ from rnnshrink.model import (
     dtype_bytes,
     run_stack,
 )
+from rnnshrink.model.gated import Gated, expand_bias
 from rnnshrink.report import summarize
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -124,7 +125,7 @@ def assert_contract(original, compressed, x):
     assert summary["lstm_bytes"] == sum(layer.nbytes for layer in compressed.lstm_layers)
     for row, layer in zip(summary["lstm_layers"], compressed.lstm_layers):
         matrices = sum(w.nbytes for d in layer.directions for w in d.matrices.values())
-        biases = sum(d.bias_terms * d.b.size * dtype_bytes(d.bias_dtype) for d in layer.directions)
+        biases = sum(d.bias_params * dtype_bytes(d.bias_dtype) for d in layer.directions)
         assert row["bytes"] == matrices + biases
     error = compare(original, compressed, x)["output_rel_error"]
     assert np.isfinite(error)
@@ -196,9 +197,60 @@ def model_of(name, step=None):
     """A fixture read into the IR, after one pipeline step when ``step`` is given."""
     import rnnshrink
     from rnnshrink.pipeline import Pipeline, parse_step
+    from rnnshrink.transforms import Context
 
     model = rnnshrink.read(fixture(name))
-    return Pipeline([parse_step(step)]).run(model) if step else model
+    context = Context(inputs=probe_inputs(model)[0])  # what data-aware steps (slim) fit on
+    return Pipeline([parse_step(step)]).run(model, context) if step else model
+
+
+# methods.md §6: parameters of each variant with n units and m inputs (one bias vector)
+TABLE = {
+    "LSTM": lambda n, m: 4 * (n * m + n * n + n),
+    "LSTM1": lambda n, m: n * m + 4 * n * n + 4 * n,
+    "LSTM2": lambda n, m: n * m + 4 * n * n + n,
+    "LSTM3": lambda n, m: n * m + n * n + 4 * n,
+    "LSTM4": lambda n, m: n * m + n * n + 4 * n,
+    "LSTM5": lambda n, m: n * m + n * n + 7 * n,
+    "LSTM4a": lambda n, m: n * m + n * n + 2 * n,
+    "LSTM5a": lambda n, m: n * m + n * n + 3 * n,
+    "LSTM6": lambda n, m: n * m + n * n + n,
+    "LSTM10": lambda n, m: n * m + 5 * n,
+    "LSTM11": lambda n, m: n * m + 8 * n,
+}
+
+# Each variant's parameters besides W_c (n, m) and b_c (n,): a full U_g (n, n) or pointwise u_g
+# (n,) per gate g in i, f, c, o, and gate biases b_g (n,) — the weights of slim22.py's cells
+PARAMETERS = {
+    "LSTM1": "Ui Uf Uc Uo bi bf bo",
+    "LSTM2": "Ui Uf Uc Uo",
+    "LSTM3": "Uc bi bf bo",
+    "LSTM4": "ui uf Uc uo",
+    "LSTM5": "ui uf Uc uo bi bf bo",
+    "LSTM4a": "ui Uc",
+    "LSTM5a": "ui Uc bi",
+    "LSTM6": "Uc",
+    "LSTM10": "ui uf uc uo",
+    "LSTM11": "ui uf uc uo bi bf bo",
+}
+
+
+def random_parameters(variant, n, m, rng):
+    """Random reduced parameters of ``variant``, float32."""
+    p = {"Wc": rng.normal(0, 0.6, (n, m)), "bc": rng.normal(0, 0.3, n)}
+    for name in PARAMETERS[variant].split():
+        p[name] = rng.normal(0, 0.6, (n, n) if name[0] == "U" else n)
+    return {k: v.astype(np.float32) for k, v in p.items()}
+
+
+def variant_direction(variant, p, activation):
+    """The IR direction holding the reduced parameters ``p`` of ``variant``."""
+    n, m = p["Wc"].shape
+    recurrent = [p.get("U" + g, p.get("u" + g)) for g in "ifco"]
+    biases = np.concatenate([p["b" + g] for g in "ifco" if "b" + g in p]).astype(np.float64)
+    return LSTMDirection(W=Gated([None, None, p["Wc"], None], (4 * n, m)),
+                         R=Gated(recurrent, (4 * n, n)),
+                         b=expand_bias(variant, activation, biases, n), variant=variant)
 
 
 def hide_matplotlib(monkeypatch):

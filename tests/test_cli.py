@@ -118,7 +118,7 @@ def test_bad_transform_is_reported_before_any_work(tmp_path):
     line = error_line(run("compress", missing, "-t", "svd:tau=2"))
     assert line == "Error: svd: tau must be in [0.0, 1.0], got 2.0"
     line = error_line(run("compress", missing, "-t", "squash"))
-    assert "unknown transform 'squash'; valid: svd, lowrank, iss, prune, quant" in line
+    assert "unknown transform 'squash'; valid: svd, lowrank, iss, prune, quant, slim" in line
     assert "no transform given" in error_line(run("compress", missing))
 
 

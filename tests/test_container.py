@@ -8,6 +8,7 @@ from rnnshrink.errors import InputError
 from rnnshrink.io import container, read, sniff
 from rnnshrink.io.container import pack_codes, unpack_codes
 from rnnshrink.model import (
+    HARD_SIGMOID_KERAS2,
     HARD_SIGMOID_KERAS3,
     Dense,
     DenseLayer,
@@ -17,7 +18,12 @@ from rnnshrink.model import (
     Tensor,
     run_stack,
 )
+from rnnshrink.model.gated import SLIM_VARIANTS, Gated, bias_mask
 from rnnshrink.model.weights import LowRank, Quantized, Sparse
+from rnnshrink.pipeline import Pipeline, parse_step
+from rnnshrink.transforms import Context
+
+from _models import stack_model
 
 
 def weight_of_each_kind(rng, rows, cols):
@@ -31,6 +37,8 @@ def weight_of_each_kind(rng, rows, cols):
         Sparse.from_dense(matrix, mask),
         Quantized(codes, rng.random((rows, -(-cols // 4))) + 0.1, 3, group=4),
         Quantized(np.where(mask, codes, 0), rng.random((1, 1)), 3, mask=mask),
+        Gated([Dense(matrix[:4].astype(np.float16), "float16"), None,
+               Quantized(codes[8:12], rng.random((4, 1)) + 0.1, 3), None], (rows, cols)),
     ]
 
 
@@ -47,7 +55,7 @@ def model_with(weight, rng):
     return Model([layer, head], tensors, format="torch-zip", producer="test", topology="partial")
 
 
-@pytest.mark.parametrize("kind", range(6))
+@pytest.mark.parametrize("kind", range(7))
 def test_round_trip_is_exact_and_bytes_match_the_file(tmp_path, kind):
     rng = np.random.default_rng(kind)
     weight = weight_of_each_kind(rng, 16, 10)[kind]
@@ -97,3 +105,34 @@ def test_future_version_is_refused(tmp_path):
         f.attrs["rnnshrink_format"] = 99
     with pytest.raises(InputError, match="version 99 is not supported"):
         read(path)
+
+
+@pytest.mark.parametrize("variant", SLIM_VARIANTS)
+def test_slim_variants_round_trip_storing_only_their_parameters(tmp_path, variant):
+    model = stack_model(sizes=(6, 8, 8), directions=(1, 2), gate=HARD_SIGMOID_KERAS2)
+    x = np.random.default_rng(0).standard_normal((3, 5, 6))
+    steps = [parse_step(f"slim:variant={variant}"), parse_step("quant:bits=8,layers=lstm_1")]
+    model = Pipeline(steps).run(model, Context(inputs=x))
+    container.write(model, tmp_path / "m.h5")
+    back = read(tmp_path / "m.h5")
+    for layer, restored in zip(model.lstm_layers, back.lstm_layers):
+        assert restored.variant == variant and restored.params == layer.params
+        for d, r in zip(layer.directions, restored.directions):
+            for role in ("W", "R"):
+                assert getattr(r, role).describe() == getattr(d, role).describe()
+                np.testing.assert_array_equal(getattr(r, role).materialize(),
+                                              getattr(d, role).materialize())
+            np.testing.assert_array_equal(r.b, d.b)
+            assert r.bias_terms == d.bias_terms == 1
+    with h5py.File(tmp_path / "m.h5") as f:
+        for k, layer in enumerate(model.lstm_layers):
+            group = f[f"layers/{k + 1:04d}"]  # after the embedding
+            for key, direction in zip(("d0", "d1"), layer.directions):
+                assert group[key].attrs["variant"] == variant
+                assert group[key]["b"].shape == (int(bias_mask(variant, 8).sum()),)
+                stored = []
+                group[key]["R"].visititems(lambda _, item: stored.append(item.nbytes)
+                                           if isinstance(item, h5py.Dataset) else None)
+                assert sum(stored) == direction.R.nbytes
+    np.testing.assert_array_equal(run_stack(back.lstm_layers, x)[-1][0],
+                                  run_stack(model.lstm_layers, x)[-1][0])

@@ -10,6 +10,7 @@ from rnnshrink.dropin import expand_to_original, write_same
 from rnnshrink.fidelity import compare, probe_inputs
 from rnnshrink.model.network import run_model
 from rnnshrink.pipeline import Pipeline, parse_step
+from rnnshrink.transforms import Context
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 RECIPES = [
@@ -18,12 +19,15 @@ RECIPES = [
     ["iss:keep=0.5"],
     ["iss:keep=0.75", "svd:tau=0.8", "prune:sparsity=0.5", "quant:bits=4,group=32"],
     ["lowrank:rank=24", "quant:bits=8"],
+    ["slim:variant=LSTM6"],
+    ["slim:variant=LSTM5", "quant:bits=8"],
 ]
 
 
 def compressed(path, recipe):
     original = rnnshrink.read(path)
-    return original, Pipeline([parse_step(s) for s in recipe]).run(original)
+    context = Context(inputs=probe_inputs(original)[0])
+    return original, Pipeline([parse_step(s) for s in recipe]).run(original, context)
 
 
 def shapes(model):
@@ -54,5 +58,19 @@ def test_write_same_round_trip(tmp_path, fixture):
     assert shapes(back) == shapes(original)
     x, _ = probe_inputs(original)
     expected = run_model(expand_to_original(small, original), x)
+    for name, (y, h, c) in run_model(back, x).items():
+        assert np.abs(y - expected[name][0]).max() < 1e-5
+
+
+@pytest.mark.parametrize("fixture", ["charlm.pt", "keras2_bidir_hardsig.h5", "charlm.onnx"])
+def test_write_same_of_a_slim_variant(tmp_path, fixture):
+    """A Slim LSTM written back as the standard LSTM it is (zero blocks, fixing biases)."""
+    original, small = compressed(FIXTURES / fixture, ["slim:variant=LSTM4a"])
+    output = tmp_path / f"out{Path(fixture).suffix}"
+    write_same(small, original, output)
+    back = rnnshrink.read(output)
+    assert [layer.variant for layer in back.lstm_layers] == ["LSTM"] * len(back.lstm_layers)
+    x, _ = probe_inputs(original)
+    expected = run_model(small, x)
     for name, (y, h, c) in run_model(back, x).items():
         assert np.abs(y - expected[name][0]).max() < 1e-5

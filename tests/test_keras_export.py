@@ -30,6 +30,8 @@ CASES = [
     ("charlm.pt", "prune:sparsity=0.5"),
     ("keras3_bidir_hardsig.h5", None),
     ("onnx_bidir.onnx", None),
+    ("keras2_charlm.h5", "slim:variant=LSTM5a"),
+    ("keras3_bidir_hardsig.h5", "slim:variant=LSTM3"),
 ]
 
 

@@ -25,6 +25,10 @@ from rnnshrink.model import (  # noqa: E402
     run_stack,
 )
 from rnnshrink.model.weights import Dense, LowRank, Quantized, Sparse, Weight  # noqa: E402
+from rnnshrink.fidelity import probe_inputs  # noqa: E402
+from rnnshrink.model.gated import SLIM_VARIANTS  # noqa: E402
+from rnnshrink.pipeline import Pipeline, parse_step  # noqa: E402
+from rnnshrink.transforms import Context  # noqa: E402
 
 RNG = np.random.default_rng(7)
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,6 +231,30 @@ def test_fixture_charlm_compressed(tmp_path):
         layers = [compress(layer, representation) for layer in model.lstm_layers]
         for style in ("scan", "folded"):
             run_export(model.replace(layers=layers), tmp_path, style)
+
+
+@pytest.mark.parametrize("gate", [HARD_SIGMOID_KERAS2, Activation("sigmoid")])
+@pytest.mark.parametrize("variant", SLIM_VARIANTS)
+def test_slim_variants_run_as_the_lstm_op(variant, gate, tmp_path):
+    """A Slim LSTM is the standard LSTM it is: materialized, the LSTM op runs it (its fixed
+    gates held by their biases), in every style."""
+    first = lstm_layer("first", 5, 6, RNG, gate=gate)
+    second = lstm_layer("second", 6, 6, RNG, directions=2, gate=gate)
+    x = RNG.normal(0, 1, (4, 9, 5))
+    model = Pipeline([parse_step(f"slim:variant={variant}")]).run(
+        Model(layers=[first, second]), Context(inputs=x))
+    for style in ("auto", "scan", "folded"):
+        run_export(model, tmp_path, style)
+    assert [node.op_type for node in build_stack(model).graph.node].count("LSTM") == 2
+
+
+def test_fixture_charlm_slim(tmp_path):
+    model = read_fixture("charlm.pt")
+    x = probe_inputs(model)[0]
+    for variant in ("LSTM4a", "LSTM11"):
+        small = Pipeline([parse_step(f"slim:variant={variant}"), parse_step("quant:bits=8")]).run(
+            model, Context(inputs=x))
+        run_export(small, tmp_path, "auto", x.astype(np.float32))
 
 
 def test_fixture_with_branches_is_refused():

@@ -7,8 +7,8 @@ from rnnshrink.pipeline import Pipeline, parse_step, read_recipe, recipe_toml
 from rnnshrink.transforms import REGISTRY
 
 
-def test_registry_has_the_five_methods():
-    assert set(REGISTRY) == {"svd", "lowrank", "iss", "prune", "quant"}
+def test_registry_has_the_six_methods():
+    assert set(REGISTRY) == {"svd", "lowrank", "iss", "prune", "quant", "slim"}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -25,7 +25,7 @@ def test_parse_step_converts_values():
 
 
 @pytest.mark.parametrize("text,message", [
-    ("shrink:x=1", "unknown transform 'shrink'; valid: svd, lowrank, iss, prune, quant"),
+    ("shrink:x=1", "unknown transform 'shrink'; valid: svd, lowrank, iss, prune, quant, slim"),
     ("svd:tau=1.3", "svd: tau must be in [0.0, 1.0], got 1.3"),
     ("svd:tau=abc", "svd: tau must be float, got 'abc'"),
     ("quant:bits=9", "quant: bits"),

@@ -31,6 +31,8 @@ CASES = [
     ("torch_bidir_proj.pt", "quant:bits=4,group=64"),
     ("onnx_bidir.onnx", None),
     ("onnx_bidir.onnx", "iss:keep=0.5"),
+    ("charlm.pt", "slim:variant=LSTM4a"),
+    ("keras2_charlm.h5", "slim:variant=LSTM11"),
 ]
 
 

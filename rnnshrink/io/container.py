@@ -8,7 +8,8 @@ The normative spec is ``docs/format.md`` (format version 1). In short::
     /layers/NNNN          one group per layer, in model order; attrs kind, name, inputs (JSON)
         lstm:   attrs activations (JSON), clip, reverse_only;
                 d0/, d1/  per direction: W/, R/, proj/ (weight groups), b (the folded bias at
-                          the precision it was computed in), attrs bias_terms, bias_dtype
+                          the precision it was computed in; of a Slim variant, only its
+                          parameter entries), attrs bias_terms, bias_dtype, variant (if not LSTM)
         dense:  W/ (weight group), b;   embedding: table;   other: nothing more
         source/           the layer's source mapping (arrays as datasets, the rest JSON attrs)
     /tensors/NNNNNN       pass-through tensors, attrs name, dtype (bfloat16 kept as uint16 bits)
@@ -17,7 +18,8 @@ A weight group has attr ``kind`` and holds exactly the bytes its weight object c
 ``dense`` values at the stored dtype; ``lowrank`` subgroups U, V; ``sparse`` values plus the
 index (``indptr`` int32 + ``indices`` uint8/16/32, or ``bitmask`` packed bits); ``quantized``
 ``codes`` packed ``bits`` wide (code + 2^(bits-1), little bit order within bytes, row-major),
-``steps`` float16, and the index of its ``mask`` when pruned.
+``steps`` float16, and the index of its ``mask`` when pruned; ``gated`` a subgroup per full
+gate block and a dataset (H,) per diagonal one, named i, f, g, o, attrs blocks, diag_dtype.
 """
 
 import hashlib
@@ -39,6 +41,7 @@ from ..model import (
     OtherLayer,
     Tensor,
 )
+from ..model.gated import GATES, Gated, bias_mask, expand_bias
 from ..model.weights import (
     LowRank,
     Quantized,
@@ -151,8 +154,11 @@ def _write_layer(group, layer):
             sub = group.create_group(f"d{k}")
             for role, weight in direction.matrices.items():
                 _write_weight(sub.create_group(role), weight)
-            sub.create_dataset("b", data=direction.b)
+            kept = bias_mask(direction.variant, layer.hidden_size)  # the parameter entries
+            sub.create_dataset("b", data=direction.b[kept])
             sub.attrs.update({"bias_terms": direction.bias_terms, "bias_dtype": direction.bias_dtype})
+            if direction.variant != "LSTM":
+                sub.attrs["variant"] = direction.variant
     elif isinstance(layer, DenseLayer):
         _write_weight(group.create_group("W"), layer.W)
         if layer.b is not None:
@@ -171,10 +177,13 @@ def _read_layer(group):
         directions = []
         for key in sorted(k for k in group if k.startswith("d")):
             sub = group[key]
+            W, variant = _read_weight(sub["W"]), str(sub.attrs.get("variant", "LSTM"))
+            b = expand_bias(variant, gate, sub["b"][()], W.shape[0] // 4)
             directions.append(LSTMDirection(
-                W=_read_weight(sub["W"]), R=_read_weight(sub["R"]), b=sub["b"][()],
+                W=W, R=_read_weight(sub["R"]), b=b,
                 proj=_read_weight(sub["proj"]) if "proj" in sub else None,
                 bias_terms=int(sub.attrs["bias_terms"]), bias_dtype=str(sub.attrs["bias_dtype"]),
+                variant=variant,
             ))
         return LSTMLayer(name, directions, gate, cell, hidden, clip=None if np.isnan(clip) else clip,
                          reverse_only=bool(group.attrs["reverse_only"]), inputs=inputs, source=source)
@@ -208,6 +217,14 @@ def _write_weight(group, weight):
         group.create_dataset("steps", data=weight.steps.astype(np.float16))
         if weight.mask is not None:
             _write_mask(group, weight.mask)
+    elif isinstance(weight, Gated):
+        group.attrs.update({"blocks": json.dumps(weight.structure),
+                            "diag_dtype": weight.diag_dtype})
+        for gate, block, kind in zip(GATES, weight.blocks, weight.structure):
+            if kind == "full":
+                _write_weight(group.create_group(gate), block)
+            elif kind == "diag":
+                group.create_dataset(gate, data=_to_stored(block, weight.diag_dtype))
     else:
         raise TypeError(f"no container encoding for weight kind {weight.kind!r}")
 
@@ -231,6 +248,12 @@ def _read_weight(group):
         if mask is not None:
             codes[mask] = kept
         return Quantized(codes, group["steps"][()], bits, group_size, mask)
+    if kind == "gated":
+        dtype = str(group.attrs["diag_dtype"])
+        blocks = [None if structure == "zero" else _read_weight(group[gate]) if structure == "full"
+                  else _from_stored(group[gate][()], dtype)
+                  for gate, structure in zip(GATES, json.loads(group.attrs["blocks"]))]
+        return Gated(blocks, shape, dtype)
     raise ValueError(f"unknown weight kind {kind!r}")
 
 

@@ -1,6 +1,11 @@
 """What every exporter (ONNX, PyTorch, Keras) checks and reports about the LSTM stack it writes."""
 
+import dataclasses
+
+import numpy as np
+
 from ..errors import OptionError
+from ..model import Dense
 
 
 def lstm_stack(model):
@@ -42,8 +47,22 @@ def materialized(layers):
                 details = weight.describe()
                 if details["kind"] == "dense" and details["dtype"] == "float32":
                     continue
+                if "blocks" in details:  # gated: i/f/g/o each zero, diag or full
+                    details["blocks"] = "/".join(b if isinstance(b, str) else "full"
+                                                 for b in details["blocks"].values())
                 shown = ", ".join(f"{key}={value}" for key, value in details.items()
                                   if key not in ("kind", "shape", "U", "V"))
                 found.append(f"{layer.name} {side} {role}: {details['kind']} ({shown}) "
                              "-> dense float32")
     return found
+
+
+def standard_lstm(layer):
+    """``layer`` as the standard LSTM it is: a Slim variant's gated W and R materialized to
+    dense float32 (zeros where the variant has no block; its fixed gates are in the bias)."""
+    if layer.variant == "LSTM":
+        return layer
+    directions = [dataclasses.replace(d, W=Dense(d.W.materialize(np.float32)),
+                                      R=Dense(d.R.materialize(np.float32)), variant="LSTM")
+                  for d in layer.directions]
+    return dataclasses.replace(layer, directions=directions)

@@ -10,6 +10,8 @@ The graph
 
 The layers run in ``model.lstm_layers`` order, each fed the previous one's output; other layers
 (embeddings, heads) are not exported. :func:`lstm_layer_nodes` builds one layer for any graph.
+A Slim LSTM variant is exported as the standard LSTM it is (its gated matrices materialized,
+:func:`~rnnshrink.io.exporting.standard_lstm`): a dense layer, so the ``LSTM`` op.
 
 Styles, chosen per layer (``"auto"``: the ``LSTM`` op for dense layers, ``"scan"`` otherwise)
 -------------------------------------------------------------------------------------------
@@ -53,7 +55,7 @@ from ..errors import OptionError, RnnshrinkError
 from ..model.weights import Dense, LowRank
 from .atomic import atomic_path
 from .gates import CANONICAL, reorder
-from .exporting import lstm_stack
+from .exporting import lstm_stack, standard_lstm
 from .onnx_weights import Graph, factor_tensors, ints, matrix_tensor, permuted, stacked_tensor
 
 STYLES = ("auto", "scan", "folded")
@@ -158,6 +160,7 @@ def lstm_layer_nodes(layer, x_name, prefix, style="auto", initial_h=None, initia
         Final states, shapes (directions, batch, out) and (directions, batch, hidden).
     """
     graph = Graph(prefix)
+    layer = standard_lstm(layer)
     build = _lstm_op_layer if _layer_style(layer, style) == "lstm" else _scan_layer
     y, h, c = build(graph, layer, x_name, initial_h, initial_c)
     return graph.nodes, graph.initializers, y, h, c

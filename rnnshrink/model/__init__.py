@@ -11,8 +11,8 @@ from .activations import (
     Activation,
 )
 from .forward import run_direction, run_layer, run_stack
+from .gated import GATES
 from .ir import (
-    GATES,
     DenseLayer,
     EmbeddingLayer,
     LSTMDirection,

@@ -24,9 +24,8 @@ import dataclasses
 import numpy as np
 
 from .activations import SIGMOID, TANH, Activation
+from .gated import bias_mask, check_direction, check_fixed_gates
 from .weights import Dense, Weight, dtype_bytes
-
-GATES = ("i", "f", "g", "o")
 
 
 @dataclass
@@ -46,6 +45,10 @@ class LSTMDirection:
         for byte and parameter counts.
     bias_dtype : str
         The dtype the file stores the biases in.
+    variant : str
+        ``"LSTM"``, or a Slim LSTM variant (:data:`rnnshrink.model.gated.VARIANTS`): W and R
+        are then :class:`~rnnshrink.model.gated.Gated` with the variant's gate blocks, and only
+        the variant's gate biases are parameters (the others are zero or fix a gate).
     """
 
     W: Weight
@@ -54,6 +57,7 @@ class LSTMDirection:
     proj: Weight = None
     bias_terms: int = 1
     bias_dtype: str = "float32"
+    variant: str = "LSTM"
 
     def __post_init__(self):
         for name in ("W", "R", "proj"):
@@ -74,6 +78,7 @@ class LSTMDirection:
             raise ValueError(f"bias must be ({4 * hidden},), got {self.b.shape}")
         if self.proj is not None and self.proj.shape[1] != hidden:
             raise ValueError(f"projection must be (P, {hidden}), got {self.proj.shape}")
+        check_direction(self)
 
     @property
     def matrices(self):
@@ -84,12 +89,17 @@ class LSTMDirection:
         return found
 
     @property
+    def bias_params(self):
+        """Bias numbers stored: ``bias_terms`` times the variant's parameter entries of b."""
+        return self.bias_terms * int(np.count_nonzero(bias_mask(self.variant, self.b.size // 4)))
+
+    @property
     def params(self):
-        return sum(m.params for m in self.matrices.values()) + self.bias_terms * self.b.size
+        return sum(m.params for m in self.matrices.values()) + self.bias_params
 
     @property
     def nbytes(self):
-        bias_bytes = self.bias_terms * self.b.size * dtype_bytes(self.bias_dtype)
+        bias_bytes = self.bias_params * dtype_bytes(self.bias_dtype)
         return sum(m.nbytes for m in self.matrices.values()) + bias_bytes
 
     @property
@@ -143,6 +153,14 @@ class LSTMLayer:
             shapes = [(m.W.shape, m.R.shape) for m in (first, other)]
             if shapes[0] != shapes[1]:
                 raise ValueError(f"layer {self.name}: directions differ in shape {shapes}")
+            if other.variant != first.variant:
+                raise ValueError(f"layer {self.name}: directions differ in variant")
+        check_fixed_gates(self)
+
+    @property
+    def variant(self):
+        """The LSTM variant of the layer's directions (``"LSTM"`` for a standard LSTM)."""
+        return self.directions[0].variant
 
     @property
     def input_size(self):

@@ -9,8 +9,10 @@ from .iss import ISS
 from .lowrank import SharedLowRank
 from .prune import MagnitudePrune
 from .quant import Quantize
+from .slim import Slim
 from .svd import SVDProjection
 
-REGISTRY = {cls.name: cls for cls in (SVDProjection, SharedLowRank, ISS, MagnitudePrune, Quantize)}
+REGISTRY = {cls.name: cls for cls in (SVDProjection, SharedLowRank, ISS, MagnitudePrune, Quantize,
+                                      Slim)}
 
 __all__ = ["Context", "Param", "REGISTRY", "Transform"]

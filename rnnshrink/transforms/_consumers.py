@@ -88,8 +88,9 @@ def require_dense(model, names, owner):
         weights += [(f"{c.name} W", w) for c in found or () for w in reader_weights(c)]
         for where, weight in weights:
             if not isinstance(weight, Dense):
+                before = "slim" if weight.kind == "gated" else "prune/quant"
                 raise OptionError(f"{owner} needs dense weights, but {where} is {weight.kind}: "
-                                  f"{owner} must come before prune/quant")
+                                  f"{owner} must come before {before}")
 
 
 def check_rank_choice(owner, params):

@@ -3,7 +3,8 @@
 The ``prune`` transform zeroes, per matrix or over all LSTM matrices of the selected layers at
 once, the entries of smallest ``|w|`` until the target sparsity is met exactly, and stores each
 pruned matrix as a :class:`~rnnshrink.model.weights.Sparse` (values plus an index). A low-rank
-matrix has its two factors pruned. Biases are never pruned.
+matrix has its two factors pruned, a gated one (a Slim LSTM's) its full gate blocks. Biases are
+never pruned.
 
 The index is counted honestly by the weight object: below roughly 50 % sparsity a sparse
 matrix is larger than the dense one; such a matrix is kept dense, with its zeros, and a note
@@ -21,6 +22,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import OptionError
+from ..model.gated import GATES, Gated
 from ..model.weights import Dense, LowRank, Sparse
 from .base import Context, Param, Transform
 
@@ -76,8 +78,15 @@ def prune_dense(weight, mask):
 
 
 def _factors(weight, where):
-    """``(label, Dense)`` for the matrices pruning acts on: the matrix, or both low-rank factors."""
-    parts = [(".U", weight.U), (".V", weight.V)] if isinstance(weight, LowRank) else [("", weight)]
+    """``(label, Dense)`` for the matrices pruning acts on: the matrix, both low-rank factors,
+    or the full blocks of a gated matrix."""
+    if isinstance(weight, LowRank):
+        parts = [(".U", weight.U), (".V", weight.V)]
+    elif isinstance(weight, Gated):
+        parts = [(f".{gate}", b) for gate, b, s in zip(GATES, weight.blocks, weight.structure)
+                 if s == "full"]
+    else:
+        parts = [("", weight)]
     for _, part in parts:
         if not isinstance(part, Dense):
             raise OptionError(
@@ -88,6 +97,11 @@ def _factors(weight, where):
 
 
 def _rebuild(weight, pruned):
+    if isinstance(weight, Gated):
+        pruned = iter(pruned)
+        blocks = [next(pruned) if s == "full" else b
+                  for b, s in zip(weight.blocks, weight.structure)]
+        return Gated(blocks, weight.shape, weight.diag_dtype)
     return LowRank(*pruned) if isinstance(weight, LowRank) else pruned[0]
 
 

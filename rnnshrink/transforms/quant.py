@@ -34,7 +34,8 @@ import numpy as np
 
 from ..errors import OptionError
 from ..model.network import trace_model
-from ..model.weights import Dense, LowRank, Quantized, Sparse
+from ..model.gated import Gated
+from ..model.weights import Dense, LowRank, Quantized, Sparse, Weight
 from .base import Context, Param, Transform
 from .gptq import gptq_codes, hessian, lstm_samples, sample_index
 
@@ -168,7 +169,8 @@ def quantize_matrix(x, bits, scales="row", group=64, clip="max", mask=None, inpu
 
 def quantize_weight(weight, bits, scales="row", group=64, clip="max", inputs=None, damp=0.01):
     """Quantize a weight of any kind: a dense matrix, both low-rank factors, a sparse matrix's
-    kept entries (the mask is kept), or store it as float16 when ``bits == 16``.
+    kept entries (the mask is kept), the full blocks of a gated matrix (its diagonals are kept),
+    or store it as float16 when ``bits == 16``.
 
     With ``inputs`` (samples (n, cols) of what ``weight`` reads) the codes are GPTQ's; a
     low-rank ``U V`` quantizes ``V`` on ``inputs``, then ``U`` on what it reads in the
@@ -183,6 +185,10 @@ def quantize_weight(weight, bits, scales="row", group=64, clip="max", inputs=Non
         V = quantize_weight(weight.V, bits, scales, group, clip, inputs, damp)
         inner = None if inputs is None else inputs @ V.materialize().T
         return LowRank(quantize_weight(weight.U, bits, scales, group, clip, inner, damp), V)
+    if isinstance(weight, Gated):  # the full gate blocks; diagonals stay as they are
+        return Gated([quantize_weight(b, bits, scales, group, clip, inputs, damp)
+                      if isinstance(b, Weight) else b for b in weight.blocks],
+                     weight.shape, weight.diag_dtype)
     if isinstance(weight, Quantized):
         raise OptionError("quant: the weight is already quantized")
     if bits == 16:
