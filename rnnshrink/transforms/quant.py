@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..model.network import trace_model
+from ..model.coded import EntropyCoded
 from ..model.weights import Dense, LowRank, Quantized, Sparse
 from .base import Context, Param, Transform
 from .gptq import gptq_codes, hessian, lstm_samples, sample_index
@@ -177,13 +178,13 @@ def quantize_weight(weight, bits, scales="row", group=64, clip="max", inputs=Non
     Raises
     ------
     OptionError
-        ``weight`` (or one of its factors) is already quantized.
+        ``weight`` (or one of its factors) is already quantized (or entropy coded).
     """
     if isinstance(weight, LowRank):
         V = quantize_weight(weight.V, bits, scales, group, clip, inputs, damp)
         inner = None if inputs is None else inputs @ V.materialize().T
         return LowRank(quantize_weight(weight.U, bits, scales, group, clip, inner, damp), V)
-    if isinstance(weight, Quantized):
+    if isinstance(weight, (Quantized, EntropyCoded)):
         raise OptionError("quant: the weight is already quantized")
     if bits == 16:
         return _float16(weight)
