@@ -2,12 +2,20 @@
 with low rank, the forward pass and the report."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from _models import charlm
+import rnnshrink
 from rnnshrink import coding
+from rnnshrink.cli import cli
+from rnnshrink.dropin import write_same
+from rnnshrink.io import container
+from rnnshrink.io.keras_export import export_keras
+from rnnshrink.io.torch_export import export_torch
 from rnnshrink.errors import OptionError
 from rnnshrink.fidelity import probe_inputs
 from rnnshrink.model import EntropyCoded, run_stack, step_map
@@ -16,6 +24,7 @@ from rnnshrink.report import format_table, summarize
 from rnnshrink.transforms.quant import quantize_weight
 
 RNG = np.random.default_rng(5)
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def coded_matrix(W, step_in_rms=0.5, col_exp=None, mask=None, delta=0.75):
@@ -29,9 +38,9 @@ def coded_matrix(W, step_in_rms=0.5, col_exp=None, mask=None, delta=0.75):
     return EntropyCoded(codes, delta, row_exp, col_exp, mask)
 
 
-def charlm_with(make):
-    """The char LM with every LSTM matrix replaced by ``make(W)``."""
-    model = charlm()
+def charlm_with(make, model=None):
+    """The char LM (or ``model``) with every LSTM matrix replaced by ``make(W)``."""
+    model = charlm() if model is None else model
     for layer in model.lstm_layers:
         directions = [dataclasses.replace(d, **{role: make(w.materialize())
                                                 for role, w in d.matrices.items()})
@@ -169,3 +178,41 @@ def test_a_fixed_width_weight_is_an_ordinary_quantized_one():
     quantized, _ = coded_matrix(RNG.normal(0, 1, (8, 6))).fixed_width()
     assert isinstance(quantized, Quantized)
     assert quantized.nbytes == 8 * 6 * quantized.bits // 8 + 8 * 4  # float32 row steps
+
+
+# ---- everywhere a weight goes ---------------------------------------------------------------
+
+def test_drop_in_and_framework_exports_materialize_coded_matrices(tmp_path):
+    original = rnnshrink.read(FIXTURES / "charlm.pt")
+    small = charlm_with(lambda W: coded_matrix(W, 0.4, col_exp=RNG.integers(-2, 3, W.shape[1])),
+                        original)
+    x, _ = probe_inputs(original, batch=2, steps=20)
+    write_same(small, original, tmp_path / "same.pt")
+    back = rnnshrink.read(tmp_path / "same.pt")
+    for got, want in zip(run_stack(back.lstm_layers, x), run_stack(small.lstm_layers, x)):
+        assert np.abs(got[0] - want[0]).max() < 1e-5
+    torch = pytest.importorskip("torch")
+    description = export_torch(small, tmp_path / "t.pt")
+    state = torch.load(tmp_path / "t.pt", weights_only=True)
+    np.testing.assert_array_equal(state["lstm.weight_hh_l0"].numpy(),
+                                  small.lstm_layers[0].directions[0].R.materialize(np.float32))
+    assert any(": coded (bits_per_weight=" in line for line in description["materialized"])
+    assert any("entropy-coded" in note for note in description["notes"])
+    keras = export_keras(charlm_with(lambda W: coded_matrix(W, 0.4)), tmp_path / "k.h5")
+    assert len([m for m in keras["materialized"] if ": coded (" in m]) == 4
+
+
+def test_report_and_convert_commands_on_a_coded_container(tmp_path):
+    model = charlm_with(lambda W: coded_matrix(W, 0.4))
+    path = tmp_path / "coded.rnnshrink.h5"
+    container.write(model, path)
+    report = CliRunner().invoke(cli, ["report", str(path)])
+    assert report.exit_code == 0, report.output
+    assert "coded 3." in report.output
+    result = CliRunner().invoke(cli, ["convert", str(path), "--to", "onnx", "-o",
+                                      str(tmp_path / "out.onnx")])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "entropy-coded" in line]
+    assert notes == ["note: 4 entropy-coded matrices re-packed at fixed width for the runtime, "
+                     "which cannot decode the entropy code: 4 as their own codes (int8 / int4, "
+                     "float32 row steps)"]
