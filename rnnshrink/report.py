@@ -92,7 +92,8 @@ def _size(n):
 
 
 def _representation(layer):
-    """How the layer's matrices are stored, e.g. ``W q4/group64, R lowrank r15 (q8/row)``."""
+    """How the layer's matrices are stored, e.g. ``W q4/group64, R lowrank r15 (q8/row)`` or
+    ``W coded 3.1 b/w, R coded 2.9 b/w``."""
     parts = {}
     for role, weight in layer["weights"].items():
         parts.setdefault(_weight_text(weight), []).append(role)
@@ -119,6 +120,8 @@ def _weight_text(weight):
                          if text != "zero")
     if kind == "quantized":
         text = f"q{weight['bits']}/{weight['scales']}"
+    elif kind == "coded":
+        text = f"coded {weight['bits_per_weight']:.1f} b/w"
     else:
         text = weight["dtype"]
     if "sparsity" in weight:

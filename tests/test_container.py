@@ -19,6 +19,7 @@ from rnnshrink.model import (
     run_stack,
 )
 from rnnshrink.model.gated import SLIM_VARIANTS, Gated, bias_mask
+from rnnshrink.model import EntropyCoded
 from rnnshrink.model.weights import LowRank, Quantized, Sparse
 from rnnshrink.pipeline import Pipeline, parse_step
 from rnnshrink.transforms import Context
@@ -30,6 +31,9 @@ def weight_of_each_kind(rng, rows, cols):
     matrix = rng.standard_normal((rows, cols))
     mask = rng.random((rows, cols)) > 0.7
     codes = np.clip(np.round(matrix * 2), -3, 3).astype(np.int8)
+    wide = np.round(matrix * 40).astype(np.int64)
+    wide[0, 0] = 2**30  # an escape
+    exponents = rng.integers(-128, 128, rows), rng.integers(-128, 128, cols)
     return [
         Dense(matrix.astype(np.float32)),
         Dense(matrix.astype(np.float16).astype(np.float32), stored_dtype="float16"),
@@ -37,9 +41,17 @@ def weight_of_each_kind(rng, rows, cols):
         Sparse.from_dense(matrix, mask),
         Quantized(codes, rng.random((rows, -(-cols // 4))) + 0.1, 3, group=4),
         Quantized(np.where(mask, codes, 0), rng.random((1, 1)), 3, mask=mask),
+        Quantized(codes, rng.random((rows, 1)) + 0.1, 3, step_dtype="float32"),
+        EntropyCoded(wide, 1e-3, *exponents),
+        EntropyCoded(np.where(mask, wide, 0), 0.01, np.zeros(rows), np.arange(cols), mask),
+        LowRank(EntropyCoded(codes[:, :2], 0.5, np.arange(rows), [0, 1]),
+                EntropyCoded(codes[:2], 0.25, [3, -3], np.zeros(cols))),
         Gated([Dense(matrix[:4].astype(np.float16), "float16"), None,
                Quantized(codes[8:12], rng.random((4, 1)) + 0.1, 3), None], (rows, cols)),
     ]
+
+
+KINDS = len(weight_of_each_kind(np.random.default_rng(0), 16, 10))
 
 
 def model_with(weight, rng):
@@ -55,7 +67,7 @@ def model_with(weight, rng):
     return Model([layer, head], tensors, format="torch-zip", producer="test", topology="partial")
 
 
-@pytest.mark.parametrize("kind", range(7))
+@pytest.mark.parametrize("kind", range(KINDS))
 def test_round_trip_is_exact_and_bytes_match_the_file(tmp_path, kind):
     rng = np.random.default_rng(kind)
     weight = weight_of_each_kind(rng, 16, 10)[kind]
@@ -73,7 +85,9 @@ def test_round_trip_is_exact_and_bytes_match_the_file(tmp_path, kind):
         stored = []
         group.visititems(lambda _, item: stored.append(item.id.get_storage_size())
                          if isinstance(item, h5py.Dataset) else None)
+        version = f.attrs["rnnshrink_format"]
     assert sum(stored) == weight.nbytes
+    assert version == (2 if "'coded'" in str(weight.describe()) else 1)
     assert layer.gate_activation == HARD_SIGMOID_KERAS3 and layer.clip == 3.0
     np.testing.assert_array_equal(layer.source["bias_hh"], np.arange(4.0))
     assert back.meta["recipe"] == ["quant:bits=3"]
@@ -136,3 +150,30 @@ def test_slim_variants_round_trip_storing_only_their_parameters(tmp_path, varian
                 assert sum(stored) == direction.R.nbytes
     np.testing.assert_array_equal(run_stack(back.lstm_layers, x)[-1][0],
                                   run_stack(model.lstm_layers, x)[-1][0])
+
+
+def test_coded_weights_read_back_to_their_codes(tmp_path):
+    rng = np.random.default_rng(3)
+    weight = weight_of_each_kind(rng, 16, 10)[8]
+    container.write(model_with(weight, rng), tmp_path / "m.h5")
+    restored = read(tmp_path / "m.h5").lstm_layers[0].directions[0].W
+    np.testing.assert_array_equal(restored.codes, weight.codes)
+    np.testing.assert_array_equal(restored.mask, weight.mask)
+    assert restored.delta == weight.delta and restored.coded == weight.coded
+
+
+@pytest.mark.parametrize("part, damage", [("stream", "truncate"), ("header", "crc"),
+                                          ("exponents", "truncate"), ("escapes", "truncate")])
+def test_damaged_coded_weight_is_refused(tmp_path, part, damage):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "m.h5"
+    container.write(model_with(weight_of_each_kind(rng, 16, 10)[7], rng), path)
+    with h5py.File(path, "r+") as f:
+        group = f["layers/0000/d0/W"]
+        data = group[part][()]
+        if damage == "crc":
+            data[-1] ^= 1
+        del group[part]
+        group.create_dataset(part, data=data[:-1] if damage == "truncate" else data)
+    with pytest.raises(InputError, match="damaged rnnshrink container"):
+        read(path)

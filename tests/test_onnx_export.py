@@ -17,6 +17,7 @@ from _models import lstm_layer  # noqa: E402
 import rnnshrink  # noqa: E402
 from rnnshrink.errors import OptionError  # noqa: E402
 from rnnshrink.io.onnx_export import build_stack, export_stack, lstm_layer_nodes  # noqa: E402
+from rnnshrink.io.onnx_model import export_model  # noqa: E402
 from rnnshrink.model import (  # noqa: E402
     HARD_SIGMOID_KERAS2,
     HARD_SIGMOID_KERAS3,
@@ -24,6 +25,7 @@ from rnnshrink.model import (  # noqa: E402
     Model,
     run_stack,
 )
+from rnnshrink.model import EntropyCoded, step_map  # noqa: E402
 from rnnshrink.model.weights import Dense, LowRank, Quantized, Sparse, Weight  # noqa: E402
 from rnnshrink.fidelity import probe_inputs  # noqa: E402
 from rnnshrink.model.gated import SLIM_VARIANTS  # noqa: E402
@@ -67,6 +69,22 @@ def quantized(matrix, bits, scales, group=4, mask=None):
     return Quantized(codes, steps, bits, group if scales == "group" else None, mask)
 
 
+def coded(matrix, step_in_rms=0.3, col_exp=None, mask=None):
+    """Entropy-coded codes on row steps ``step_in_rms`` row RMS (times ``2^(col_exp/8)``)."""
+    rms = np.sqrt((matrix ** 2).mean(axis=1)) + 1e-6
+    row_exp = np.round(8 * np.log2(step_in_rms * rms / 0.5)).astype(int)
+    col_exp = np.zeros(matrix.shape[1], int) if col_exp is None else col_exp
+    codes = np.round(matrix / step_map(0.5, row_exp, col_exp)).astype(int)
+    if mask is not None:
+        codes = np.where(mask, codes, 0)
+    return EntropyCoded(codes, 0.5, row_exp, col_exp, mask)
+
+
+def _factors_coded(matrix):
+    factors = low_rank(matrix)
+    return LowRank(coded(factors.U.values, 0.1), coded(factors.V.values, 1.0))
+
+
 def _factors_quantized(matrix):
     factors = low_rank(matrix)
     return LowRank(quantized(factors.U.values, 4, "group", 2),
@@ -90,6 +108,10 @@ REPRESENTATIONS = {
     "q4-mask": lambda m: quantized(m, 4, "group", mask=magnitude_mask(m, 0.4)),
     "q8-row-mask": lambda m: quantized(m, 8, "row", mask=magnitude_mask(m, 0.3)),
     "lowrank-q4": _factors_quantized,
+    "coded": coded,  # exact re-packs: per-row step maps, codes within int8 / int4
+    "coded-int4": lambda m: coded(m, 1.0),
+    "coded-mask": lambda m: coded(m, 0.3, mask=magnitude_mask(m, 0.4)),
+    "lowrank-coded": _factors_coded,
 }
 
 
@@ -257,6 +279,44 @@ def test_fixture_charlm_slim(tmp_path):
         run_export(small, tmp_path, "auto", x.astype(np.float32))
 
 
+def test_entropy_coded_stacks_run_like_the_reference_of_their_codes(tmp_path):
+    """Per-row step maps re-pack exactly: onnxruntime matches run_stack of the coded model to
+    float32 accuracy (1e-5 of the output scale)."""
+    model = stack("coded")
+    assert all(w.fixed_width()[1] for layer in model.lstm_layers for d in layer.directions
+               for w in d.matrices.values())
+    run_export(model, tmp_path, "scan")
+    x = RNG.normal(0, 1, (3, 7, 5)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "scan.onnx"), providers=["CPUExecutionProvider"])
+    y = session.run(["Y"], {"X": x.transpose(1, 0, 2)})[0].transpose(1, 0, 2)
+    reference = run_stack(model.lstm_layers, x)[-1][0]
+    np.testing.assert_allclose(y, reference, atol=1e-5 * np.abs(reference).max())
+
+
+def test_column_step_maps_are_requantized_within_a_stated_bound(tmp_path):
+    """Column exponents make the step map (rows, cols): the matrix is re-quantized at int8 per
+    row, a weight error of at most half a step, amax / 254 per row; outputs move by a
+    fraction of a percent, and the convert note says how much the weights moved."""
+    layer = lstm_layer("cols", 12, 16, RNG, scale=0.3)
+    make = lambda m: coded(m, 0.3, col_exp=RNG.integers(-6, 7, m.shape[1]))  # noqa: E731
+    layer = dataclasses.replace(layer, directions=[dataclasses.replace(
+        d, **{role: make(w.materialize()) for role, w in d.matrices.items()})
+        for d in layer.directions])
+    model = Model(layers=[layer])
+    path = tmp_path / "cols.onnx"
+    description = export_model(model, path, style="scan")
+    note, = [n for n in description["notes"] if "entropy-coded" in n]
+    assert note.startswith("2 entropy-coded matrices re-packed at fixed width")
+    assert "2 re-quantized at int8 per row (relative weight error up to" in note
+    error = float(note.rsplit(" ", 1)[1].rstrip(")"))
+    assert 0 < error < 1 / 127
+    x = RNG.normal(0, 1, (4, 9, 12)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = session.run(["Y"], {"X": x.transpose(1, 0, 2)})[0].transpose(1, 0, 2)
+    reference = run_stack(model.lstm_layers, x)[-1][0]
+    assert np.linalg.norm(y - reference) < 0.01 * np.linalg.norm(reference)
+
+
 def test_fixture_with_branches_is_refused():
     """An If whose branches hold different LSTM layers is no chain."""
     model = read_fixture("onnx_handmade_if.onnx")
@@ -270,15 +330,18 @@ def stored_nbytes(weight):
     """What the file must hold for ``weight``: its nbytes, codes counted at INT4 / INT8 width."""
     if isinstance(weight, LowRank):
         return stored_nbytes(weight.U) + stored_nbytes(weight.V)
+    if isinstance(weight, EntropyCoded):
+        return stored_nbytes(weight.fixed_width()[0])
     if isinstance(weight, Quantized):
         width = 4 if weight.bits <= 4 else 8
-        return Quantized(weight.codes, weight.steps, width, weight.group, weight.mask).nbytes
+        return Quantized(weight.codes, weight.steps, width, weight.group, weight.mask,
+                         weight.step_dtype).nbytes
     return weight.nbytes
 
 
 @pytest.mark.parametrize("representation", ["dense", "float16", "bfloat16", "lowrank", "sparse",
                                             "q8-row", "q4-group", "q2-tensor", "q4-mask",
-                                            "lowrank-q4"])
+                                            "lowrank-q4", "coded", "coded-int4"])
 @pytest.mark.parametrize("style", ["scan", "folded"])
 def test_file_size_is_the_compressed_size(representation, style, tmp_path):
     """The initializers hold the compressed weights and one float32 bias; the graph a few KB."""

@@ -1,8 +1,8 @@
 """The rnnshrink container: one HDF5 file holding a compressed model as its representations.
 
-The normative spec is ``docs/format.md`` (format version 1). In short::
+The normative spec is ``docs/format.md`` (format versions 1 and 2). In short::
 
-    /                     attrs: rnnshrink_format = 1, rnnshrink_version, source_format,
+    /                     attrs: rnnshrink_format = 1 or 2, rnnshrink_version, source_format,
                                  source_file, source_sha256, source_producer, topology,
                                  recipe (JSON list of steps), notes (JSON), summary (JSON)
     /layers/NNNN          one group per layer, in model order; attrs kind, name, inputs (JSON)
@@ -18,8 +18,12 @@ A weight group has attr ``kind`` and holds exactly the bytes its weight object c
 ``dense`` values at the stored dtype; ``lowrank`` subgroups U, V; ``sparse`` values plus the
 index (``indptr`` int32 + ``indices`` uint8/16/32, or ``bitmask`` packed bits); ``quantized``
 ``codes`` packed ``bits`` wide (code + 2^(bits-1), little bit order within bytes, row-major),
-``steps`` float16, and the index of its ``mask`` when pruned; ``gated`` a subgroup per full
-gate block and a dataset (H,) per diagonal one, named i, f, g, o, attrs blocks, diag_dtype.
+``steps`` float16 (float32 when the weight says so), and the index of its ``mask`` when pruned;
+``gated`` a subgroup per full gate block and a dataset (H,) per diagonal one, named i, f, g, o,
+attrs blocks, diag_dtype; ``coded`` (format version 2) the entropy coder's ``header``, ``side``,
+``escapes`` and ``stream`` bytes, ``delta`` float16, the packed ``exponents``, and the index of
+its ``mask`` when pruned. A file holds format version 2 only when it has a ``coded`` weight,
+else version 1.
 """
 
 import hashlib
@@ -29,12 +33,14 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..coding import CodedMatrix, unpack_bytes
 from ..errors import InputError
 from ..model import (
     Activation,
     Dense,
     DenseLayer,
     EmbeddingLayer,
+    EntropyCoded,
     LSTMDirection,
     LSTMLayer,
     Model,
@@ -52,7 +58,9 @@ from ..model.weights import (
 )
 from .atomic import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written only for files holding a ``coded`` weight; else 1
+VERSIONS = (1, 2)
+_CODED_PARTS = ("header", "side", "escapes", "stream")
 _WIDTHS = {1: np.uint8, 2: np.uint16, 4: np.uint32}
 
 
@@ -75,7 +83,8 @@ def file_sha256(path):
 
 
 def write(model, output, recipe=(), summary=None, source_sha256=""):
-    """Write ``model`` to ``output`` atomically in container format version 1.
+    """Write ``model`` to ``output`` atomically (format version 2 if it holds an entropy-coded
+    weight, else 1).
 
     Parameters
     ----------
@@ -90,7 +99,7 @@ def write(model, output, recipe=(), summary=None, source_sha256=""):
     """
     with atomic_path(output) as temporary, h5py.File(temporary, "w") as f:
         attrs = {
-            "rnnshrink_format": FORMAT_VERSION,
+            "rnnshrink_format": 1,  # raised to 2 by the first coded weight written
             "rnnshrink_version": __version__,
             "source_format": model.meta.get("source_format", model.format),
             "source_file": model.meta.get("source_file", model.path),
@@ -116,9 +125,9 @@ def read(path, **options):
     try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs["rnnshrink_format"])
-            if version != FORMAT_VERSION:
+            if version not in VERSIONS:
                 raise InputError(path, f"rnnshrink format version {version} is not supported "
-                                 f"(this rnnshrink reads version {FORMAT_VERSION})")
+                                 f"(this rnnshrink reads versions 1 and {FORMAT_VERSION})")
             layers = [_read_layer(f["layers"][key]) for key in sorted(f["layers"])]
             tensors = {}
             for key in sorted(f["tensors"]):
@@ -214,7 +223,15 @@ def _write_weight(group, weight):
         group.attrs.update({"bits": weight.bits, "group": weight.group or 0})
         kept = weight.codes if weight.mask is None else weight.codes[weight.mask]
         group.create_dataset("codes", data=pack_codes(kept.ravel(), weight.bits))
-        group.create_dataset("steps", data=weight.steps.astype(np.float16))
+        group.create_dataset("steps", data=weight.steps.astype(weight.step_dtype))
+        if weight.mask is not None:
+            _write_mask(group, weight.mask)
+    elif isinstance(weight, EntropyCoded):
+        group.file.attrs["rnnshrink_format"] = FORMAT_VERSION
+        for part, data in weight.coded.to_arrays().items():
+            group.create_dataset(part, data=data, dtype=np.uint8)
+        group.create_dataset("delta", data=np.array([weight.delta], np.float16))
+        group.create_dataset("exponents", data=np.frombuffer(weight.exponents, np.uint8))
         if weight.mask is not None:
             _write_mask(group, weight.mask)
     elif isinstance(weight, Gated):
@@ -247,13 +264,21 @@ def _read_weight(group):
         codes = kept.reshape(shape) if mask is None else np.zeros(shape, np.int8)
         if mask is not None:
             codes[mask] = kept
-        return Quantized(codes, group["steps"][()], bits, group_size, mask)
+        steps = group["steps"][()]
+        return Quantized(codes, steps, bits, group_size, mask, step_dtype=steps.dtype.name)
     if kind == "gated":
         dtype = str(group.attrs["diag_dtype"])
         blocks = [None if structure == "zero" else _read_weight(group[gate]) if structure == "full"
                   else _from_stored(group[gate][()], dtype)
                   for gate, structure in zip(GATES, json.loads(group.attrs["blocks"]))]
         return Gated(blocks, shape, dtype)
+    if kind == "coded":
+        mask = _read_mask(group, shape) if "indptr" in group or "bitmask" in group else None
+        coded = CodedMatrix.from_arrays({part: group[part][()] for part in _CODED_PARTS}, shape,
+                                        mask)
+        exponents = np.frombuffer(unpack_bytes(group["exponents"][()]), np.int8)
+        return EntropyCoded.from_coded(coded, group["delta"][0], exponents[:shape[0]],
+                                       exponents[shape[0]:])
     raise ValueError(f"unknown weight kind {kind!r}")
 
 

@@ -6,6 +6,8 @@ import numpy as np
 
 from ..errors import OptionError
 from ..model import Dense
+from ..model.coded import EntropyCoded
+from ..model.weights import LowRank
 
 
 def lstm_stack(model):
@@ -66,3 +68,44 @@ def standard_lstm(layer):
                                       R=Dense(d.R.materialize(np.float32)), variant="LSTM")
                   for d in layer.directions]
     return dataclasses.replace(layer, directions=directions)
+
+
+def repacked_note(layers):
+    """The note of an exporter that re-packs entropy-coded matrices at fixed width (its runtime
+    cannot decode the entropy code), or None when there are none.
+
+    Parameters
+    ----------
+    layers : list of LSTMLayer
+
+    Returns
+    -------
+    str or None
+        How many were re-packed exactly (their own codes, see
+        :meth:`~rnnshrink.model.coded.EntropyCoded.fixed_width`) and how many re-quantized at
+        8 bits per row, with the largest relative weight error ``‖Ŵ - W‖_F / ‖W‖_F`` of those.
+    """
+    coded, pending = [], [m for layer in layers for d in layer.directions
+                          for m in d.matrices.values()]
+    while pending:
+        weight = pending.pop()
+        if isinstance(weight, LowRank):
+            pending += [weight.U, weight.V]
+        elif isinstance(weight, EntropyCoded):
+            coded.append(weight)
+    if not coded:
+        return None
+    errors = []
+    for weight in coded:
+        quantized, exact = weight.fixed_width()
+        if not exact:
+            values = weight.materialize()
+            errors.append(np.linalg.norm(quantized.materialize() - values)
+                          / max(np.linalg.norm(values), np.finfo(float).tiny))
+    note = (f"{len(coded)} entropy-coded matrices re-packed at fixed width for the runtime, "
+            f"which cannot decode the entropy code: {len(coded) - len(errors)} as their own "
+            "codes (int8 / int4, float32 row steps)")
+    if errors:
+        note += (f", {len(errors)} re-quantized at int8 per row (relative weight error up to "
+                 f"{max(errors):.1e})")
+    return note

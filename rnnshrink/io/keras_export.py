@@ -13,8 +13,8 @@ comes first (the input is then int32 token ids of shape ``(None, None)``, else f
 ``(None, None, input)``) and the one ``DenseLayer`` reading the last LSTM is the head, applied
 at every step. Activations are the IR's under their Keras names (sigmoid, tanh, relu, linear,
 softsign, softplus, elu, and ``hard_sigmoid`` in its Keras 3 form ``x/6 + 0.5``). Plain and
-reduced-width LSTMs only; every matrix is written as dense float32 (low-rank, sparse and
-quantized ones materialized and listed in the description).
+reduced-width LSTMs only; every matrix is written as dense float32 (low-rank, sparse,
+quantized and entropy-coded ones materialized and listed in the description).
 
 The file
 --------

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 from .. import __version__
 from ..errors import OptionError
 from ..model import DenseLayer, EmbeddingLayer, LSTMLayer, OtherLayer
+from .exporting import repacked_note
 from .onnx_export import MIN_OPSET, build_stack, lstm_layer_nodes
 from .onnx_graph import graphs
 from .onnx_writer import fresh_name, save_checked, tensor_uses
@@ -54,6 +55,9 @@ def export_model(model, output, style="auto", opset=MIN_OPSET):
         if model.format == "rnnshrink" and model.meta.get("source_format") == "onnx":
             notes.append("the container does not hold the original ONNX graph: exported the "
                          "LSTM stack alone")
+    repacked = repacked_note(model.lstm_layers)
+    if repacked:
+        notes.append(repacked)
     save_checked(proto, model.meta.get("onnx_model"), output)
     describe = [(v.name, _shape(v)) for v in proto.graph.input]
     return {"graph": kind, "inputs": dict(describe),

@@ -15,6 +15,9 @@ Quantized   codes as ``INT4`` (bits <= 4, two per byte) or ``INT8``; float16 ste
             float32; ``DequantizeLinear`` per tensor, per row (``axis``) or per group of columns
             (``block_size``, opset 21); with a mask, the kept codes scattered like Sparse and
             multiplied by the expanded steps (unmasked when that is not larger)
+coded       re-packed at fixed width as the Quantized of
+            :meth:`~rnnshrink.model.coded.EntropyCoded.fixed_width` (float32 steps): ONNX
+            runtimes have no rANS decoder
 ==========  ====================================================================================
 
 Codes of 2 and 3 bits thus take 4 bits in the file and 5 to 7 bits take 8: ONNX has no
@@ -27,6 +30,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import OptionError
+from ..model.coded import EntropyCoded
 from ..model.weights import Dense, LowRank, Quantized, Sparse, index_encoding, to_bfloat16_bits
 
 _COLUMN_DTYPES = {0: np.uint8, 1: np.uint8, 2: np.uint16, 4: np.int32}  # CSR index bytes -> dtype
@@ -76,6 +80,8 @@ def permuted(direction, rows):
 
 
 def _permute_rows(weight, rows):
+    if isinstance(weight, EntropyCoded):
+        return _permute_rows(weight.fixed_width()[0], rows)
     if isinstance(weight, LowRank):
         return LowRank(_permute_rows(weight.U, rows), weight.V)
     if isinstance(weight, Dense):
@@ -86,7 +92,8 @@ def _permute_rows(weight, rows):
     if isinstance(weight, Quantized):
         steps = weight.steps if weight.steps.shape[0] == 1 else weight.steps[rows]
         mask = None if weight.mask is None else weight.mask[rows]
-        return Quantized(weight.codes[rows], steps, weight.bits, weight.group, mask)
+        return Quantized(weight.codes[rows], steps, weight.bits, weight.group, mask,
+                         weight.step_dtype)
     raise OptionError(f"cannot export a weight of kind {weight.kind!r} to ONNX")
 
 
@@ -115,6 +122,8 @@ def stacked_tensor(g, weights, transpose=False):
 
 def matrix_tensor(g, weight, transpose=False):
     """A float32 tensor holding ``weight`` (or its transpose), rebuilt from compact initializers."""
+    if isinstance(weight, EntropyCoded):
+        return matrix_tensor(g, weight.fixed_width()[0], transpose)
     if isinstance(weight, LowRank):
         first, second = (weight.V, weight.U) if transpose else (weight.U, weight.V)
         return g.op("Gemm", [matrix_tensor(g, first, transpose),
@@ -127,7 +136,8 @@ def matrix_tensor(g, weight, transpose=False):
         if weight.nbytes >= dense.nbytes:
             return matrix_tensor(g, dense, transpose)
     if isinstance(weight, Quantized):
-        plain = Quantized(weight.codes, weight.steps, weight.bits, weight.group)
+        plain = Quantized(weight.codes, weight.steps, weight.bits, weight.group,
+                          step_dtype=weight.step_dtype)
         if weight.mask is None or weight.nbytes >= plain.nbytes:
             return _dequantized(g, plain, transpose)
     matrix = _scattered(g, weight)
@@ -153,8 +163,11 @@ def _codes(g, codes, bits):
     return g.raw(TensorProto.INT4, codes.shape, packed.tobytes(), "codes")
 
 
-def _steps(g, steps):
-    """float16 steps (stored) cast to float32 (dequantizing with float16 scales would round)."""
+def _steps(g, steps, step_dtype):
+    """Steps at their stored dtype; float16 ones cast to float32 (dequantizing with float16
+    scales would round)."""
+    if step_dtype == "float32":
+        return g.const(steps.astype(np.float32), "steps")
     return g.op("Cast", [g.const(steps.astype(np.float16), "steps")], to=TensorProto.FLOAT)
 
 
@@ -168,7 +181,8 @@ def _dequantized(g, weight, transpose):
         scale = steps.T if transpose else steps
         attributes = {"axis": 0 if transpose else 1, "block_size": weight.group}
     codes = codes.T if transpose else codes
-    return g.op("DequantizeLinear", [_codes(g, codes, weight.bits), _steps(g, scale)],
+    return g.op("DequantizeLinear", [_codes(g, codes, weight.bits),
+                                     _steps(g, scale, weight.step_dtype)],
                 **attributes)
 
 
@@ -190,12 +204,12 @@ def _scattered(g, weight):
     steps = weight.steps
     if steps.shape[1] > 1:  # (rows, groups) -> (rows, cols)
         groups = steps.shape[1]
-        steps = g.op("Expand", [_steps(g, steps[:, :, None]),
+        steps = g.op("Expand", [_steps(g, steps[:, :, None], weight.step_dtype),
                                 g.const(ints(rows, groups, weight.group))])
         steps = g.op("Reshape", [steps, g.const(ints(rows, groups * weight.group))])
         steps = g.op("Slice", [steps, g.const(ints(0)), g.const(ints(cols)), g.const(ints(1))])
     else:
-        steps = _steps(g, steps)
+        steps = _steps(g, steps, weight.step_dtype)
     return g.op("Mul", [matrix, steps])
 
 

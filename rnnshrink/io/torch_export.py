@@ -86,10 +86,10 @@ def export_torch(model, output):
              "(no original recurrent bias of that shape)"] if zero_bias else []
     found = materialized(layers)
     if found:
-        notes.append("torch.nn.LSTM holds dense matrices only: the low-rank, sparse, gated and "
-                     "quantized matrices listed under 'materialized' are written as dense "
-                     "float32 (only a projection, as proj_size, and removed units, as a smaller "
-                     "hidden_size, keep their compact shapes)")
+        notes.append("torch.nn.LSTM holds dense matrices only: the low-rank, sparse, gated, "
+                     "quantized and entropy-coded matrices listed under 'materialized' are "
+                     "written as dense float32 (only a projection, as proj_size, and removed "
+                     "units, as a smaller hidden_size, keep their compact shapes)")
     return {"modules": modules, "materialized": found, "notes": notes,
             "snippet": _snippet(modules, output, layers)}
 

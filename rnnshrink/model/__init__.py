@@ -1,6 +1,7 @@
 """The IR: weight objects, layers, the model, and the NumPy reference forward pass.
 
-This package imports nothing else from rnnshrink but its errors; every other part imports it.
+This package imports nothing else from rnnshrink but its errors and the entropy coder
+(:mod:`rnnshrink.coding`, a leaf); every other part imports it.
 """
 
 from .activations import (
@@ -10,6 +11,7 @@ from .activations import (
     TANH,
     Activation,
 )
+from .coded import EntropyCoded, step_map
 from .forward import run_direction, run_layer, run_stack
 from .gated import GATES
 from .ir import (
@@ -29,6 +31,7 @@ __all__ = [
     "Dense",
     "DenseLayer",
     "EmbeddingLayer",
+    "EntropyCoded",
     "GATES",
     "HARD_SIGMOID_KERAS2",
     "HARD_SIGMOID_KERAS3",
@@ -44,4 +47,5 @@ __all__ = [
     "run_direction",
     "run_layer",
     "run_stack",
+    "step_map",
 ]

@@ -12,7 +12,9 @@ The kinds:
 * :class:`LowRank` — ``U @ V``, each factor itself a Weight (so factors can be quantized);
 * :class:`Sparse` — the nonzeros of a pruned matrix plus their positions;
 * :class:`Quantized` — integer codes times per-tensor / per-row / per-group steps, optionally
-  only at the positions of a mask (a pruned matrix keeps its sparsity).
+  only at the positions of a mask (a pruned matrix keeps its sparsity);
+* :class:`~rnnshrink.model.coded.EntropyCoded` (in :mod:`rnnshrink.model.coded`) — integer
+  codes times a step map, the codes entropy coded.
 """
 
 import math
@@ -299,13 +301,13 @@ class Quantized(Weight):
     (per tensor), ``(rows, 1)`` (per row, ``group = cols``) or ``(rows, ceil(cols / group))``.
     Codes lie in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``: the ``2^b - 1`` levels of QuantizedLSTM's
     symmetric quantizer. Stored as ``b``-bit packed codes (only at ``mask`` positions when a
-    mask is given, plus the mask's index encoding) and float16 steps.
+    mask is given, plus the mask's index encoding) and float16 (or float32) steps.
 
     Parameters
     ----------
     codes : ndarray of int8, shape (rows, cols)
     steps : ndarray of shape (1, 1), (rows, 1) or (rows, groups)
-        Stored as float16; the values are rounded to float16 on construction so that
+        Stored as ``step_dtype``; the values are rounded to it on construction so that
         materializing reproduces what is stored.
     bits : int
         2 to 8.
@@ -313,6 +315,9 @@ class Quantized(Weight):
         Columns per step; ``None`` for per-tensor or per-row steps.
     mask : ndarray of bool, optional
         Stored positions of a pruned matrix; codes outside it must be zero.
+    step_dtype : {"float16", "float32"}
+        float32 holds the row steps of a re-packed entropy-coded matrix
+        (:meth:`~rnnshrink.model.coded.EntropyCoded.fixed_width`) exactly enough.
 
     References
     ----------
@@ -321,11 +326,13 @@ class Quantized(Weight):
     """
 
     kind = "quantized"
-    STEP_DTYPE = "float16"
+    STEP_DTYPES = ("float16", "float32")
 
-    def __init__(self, codes, steps, bits, group=None, mask=None):
+    def __init__(self, codes, steps, bits, group=None, mask=None, step_dtype="float16"):
+        if step_dtype not in self.STEP_DTYPES:
+            raise ValueError(f"step_dtype must be float16 or float32, got {step_dtype!r}")
         codes = np.asarray(codes, dtype=np.int8)
-        steps = np.asarray(steps, dtype=np.float16).astype(np.float32)
+        steps = np.asarray(steps, dtype=step_dtype).astype(np.float32)
         if not 2 <= bits <= 8:
             raise ValueError(f"bits must be in [2, 8], got {bits}")
         limit = 2 ** (bits - 1) - 1
@@ -340,6 +347,7 @@ class Quantized(Weight):
             if mask.shape != codes.shape or np.any(codes[~mask]):
                 raise ValueError("codes outside the mask must be zero")
         self.codes, self.steps, self.bits, self.group, self.mask = codes, steps, bits, group, mask
+        self.step_dtype = step_dtype
 
     @property
     def shape(self):
@@ -364,7 +372,7 @@ class Quantized(Weight):
     def nbytes(self):
         index = 0 if self.mask is None else index_encoding(self.mask)[1]
         code_bytes = math.ceil(self.stored_codes * self.bits / 8)
-        return code_bytes + self.steps.size * dtype_bytes(self.STEP_DTYPE) + index
+        return code_bytes + self.steps.size * dtype_bytes(self.step_dtype) + index
 
     @property
     def params(self):

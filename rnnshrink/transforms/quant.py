@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..model.network import trace_model
+from ..model.coded import EntropyCoded
 from ..model.gated import Gated
 from ..model.weights import Dense, LowRank, Quantized, Sparse, Weight
 from .base import Context, Param, Transform
@@ -179,7 +180,7 @@ def quantize_weight(weight, bits, scales="row", group=64, clip="max", inputs=Non
     Raises
     ------
     OptionError
-        ``weight`` (or one of its factors) is already quantized.
+        ``weight`` (or one of its factors) is already quantized (or entropy coded).
     """
     if isinstance(weight, LowRank):
         V = quantize_weight(weight.V, bits, scales, group, clip, inputs, damp)
@@ -189,7 +190,7 @@ def quantize_weight(weight, bits, scales="row", group=64, clip="max", inputs=Non
         return Gated([quantize_weight(b, bits, scales, group, clip, inputs, damp)
                       if isinstance(b, Weight) else b for b in weight.blocks],
                      weight.shape, weight.diag_dtype)
-    if isinstance(weight, Quantized):
+    if isinstance(weight, (Quantized, EntropyCoded)):
         raise OptionError("quant: the weight is already quantized")
     if bits == 16:
         return _float16(weight)
