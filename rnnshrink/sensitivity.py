@@ -202,26 +202,42 @@ def temper(weights, beta):
     return {key: np.broadcast_to(_compact(w) * scale, w.shape) for key, w in powered.items()}
 
 
-def output_kl(original, compressed, probes):
+def output_kl(original, compressed, probes, reference=None):
     """Mean KL divergence ``KL(p ‖ p̂)`` in nats per step between the two models' output
     distributions (their softmax heads) on ``probes``: what a choice of β is judged by on
     held-out probes. Models without a softmax head can use
     :func:`rnnshrink.fidelity.compare`'s relative error instead.
+
+    Parameters
+    ----------
+    original, compressed : Model
+    probes : Probes
+    reference : ndarray, optional
+        ``head_log_probs(original, probes)``, when already computed (comparing many models).
 
     Raises
     ------
     OptionError
         A model without a softmax head.
     """
-    found = []
-    for model in (original, compressed):
-        head = softmax_head(model)
-        if head is None:
-            raise OptionError("output KL needs a Dense softmax head on the last LSTM layer")
-        y = trace_model(model, probes.x)[model.lstm_layers[-1].name][1]
-        found.append(log_softmax(apply_dense(head, y), axis=-1))
-    log_p, log_q = found
+    log_p = head_log_probs(original, probes) if reference is None else reference
+    log_q = head_log_probs(compressed, probes)
     return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+
+
+def head_log_probs(model, probes):
+    """Log-probabilities of ``model``'s softmax head on ``probes``, shape (N, T, classes).
+
+    Raises
+    ------
+    OptionError
+        A model without a softmax head.
+    """
+    head = softmax_head(model)
+    if head is None:
+        raise OptionError("output KL needs a Dense softmax head on the last LSTM layer")
+    y = trace_model(model, probes.x)[model.lstm_layers[-1].name][1]
+    return log_softmax(apply_dense(head, y), axis=-1)
 
 
 def _samples(model, probes, seed):

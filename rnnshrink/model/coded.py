@@ -35,6 +35,12 @@ def step_map(delta, row_exp, col_exp):
     return float(delta) * rows[:, None] * cols[None, :]
 
 
+def _packed_exponents(row_exp, col_exp):
+    """The row then column exponents as int8 bytes, packed (:func:`rnnshrink.coding.pack_bytes`)."""
+    return coding.pack_bytes(np.concatenate([np.asarray(row_exp, np.int8),
+                                             np.asarray(col_exp, np.int8)]).tobytes())
+
+
 class EntropyCoded(Weight):
     """Integer codes times a step map, the codes stored entropy coded.
 
@@ -88,7 +94,15 @@ class EntropyCoded(Weight):
                                  f"shape {exponents.shape}")
         self.delta = delta
         self.row_exp, self.col_exp = row_exp.astype(np.int8), col_exp.astype(np.int8)
-        self.exponents = coding.pack_bytes(np.concatenate([self.row_exp, self.col_exp]).tobytes())
+        self.exponents = _packed_exponents(self.row_exp, self.col_exp)
+
+    @staticmethod
+    def side_bytes(row_exp, col_exp, mask=None):
+        """Stored bytes besides the coded codes: ``δ`` (2), the packed exponents and, for a
+        pruned matrix, the mask's index — what a rate allocation adds to
+        :func:`rnnshrink.coding.estimate_bits` without encoding."""
+        index = 0 if mask is None else index_encoding(mask)[1]
+        return 2 + len(_packed_exponents(row_exp, col_exp)) + index
 
     @property
     def mask(self):

@@ -5,6 +5,7 @@ plain math functions it wraps and cites the work it implements.
 """
 
 from .base import Context, Param, Transform
+from .ecsq import EntropyCode
 from .iss import ISS
 from .lowrank import SharedLowRank
 from .prune import MagnitudePrune
@@ -13,6 +14,6 @@ from .slim import Slim
 from .svd import SVDProjection
 
 REGISTRY = {cls.name: cls for cls in (SVDProjection, SharedLowRank, ISS, MagnitudePrune, Quantize,
-                                      Slim)}
+                                      Slim, EntropyCode)}
 
 __all__ = ["Context", "Param", "REGISTRY", "Transform"]

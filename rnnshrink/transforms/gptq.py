@@ -132,7 +132,7 @@ def gptq_codes(W, H, steps, bits, group=None, mask=None, damp=0.01, block=BLOCK)
     return gptq_round(W, H, S, limit, mask, damp, block).astype(np.int8)
 
 
-def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK):
+def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK, U=None):
     """GPTQ's integer codes for ``W`` on a step per entry ``S`` (any grid, e.g. an entropy
     coder's step map), clamped to ``[-limit, limit]`` when ``limit`` is given.
 
@@ -144,6 +144,8 @@ def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK):
     mask : ndarray of bool, shape (rows, cols), optional
     damp : float
     block : int
+    U : ndarray of shape (cols, cols), optional
+        ``inverse_cholesky(H, damp)`` when already computed (``H`` is then not used).
 
     Returns
     -------
@@ -152,7 +154,7 @@ def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK):
     W = np.array(W, dtype=np.float64)
     S = np.asarray(S, dtype=np.float64)
     rows, cols = W.shape
-    U = inverse_cholesky(H, damp)
+    U = inverse_cholesky(H, damp) if U is None else U
     codes = np.zeros((rows, cols), np.int64)
     for start in range(0, cols, block):
         end = min(start + block, cols)

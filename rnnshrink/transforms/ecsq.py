@@ -1,0 +1,327 @@
+"""ECSQ: every LSTM matrix entropy coded on one whole-model rate–distortion allocation.
+
+Each matrix is quantized on its step map ``S_ij = δ · 2^(k_i/8) · 2^(l_j/8)`` with no clipping
+(entropy-constrained scalar quantization) and its integer codes are rANS coded
+(:class:`~rnnshrink.model.coded.EntropyCoded`). The maps come from the sensitivities ``w`` of
+the weights (:mod:`rnnshrink.sensitivity`: ``rms``, ``hessian``, ``fisher``) tempered as
+``w^β``, and one offset — one Lagrange multiplier for the whole model (:mod:`.allocation`) —
+is bisected until the coded layers have the target size (``ratio``), or the largest size
+whose output error on the held-out inputs stays within ``error``; ``offset`` reruns a chosen
+allocation as it was. The codes are GPTQ's (:func:`.gptq.gptq_round`, ``H = E[x xᵀ]`` of
+each matrix's inputs), except for a matrix reading one-hot inputs (diagonal ``H``: rounding).
+
+The calibration inputs (the user's, or the probes rnnshrink makes) are split in two halves:
+the first gives the sensitivities and ``H``, the second picks ``β`` (and the sensitivity,
+when ``auto`` has two to choose from) by the output error it gives. The biases of the coded
+layers are folded into one float16 vector.
+
+References
+----------
+rnnshrink ``methods.md`` §8; Gish & Pierce 1968, Chou, Lookabaugh & Gray 1989 (ECSQ, the
+Lagrangian ``D + λR``); Han, Mao & Dally, "Deep Compression", ICLR 2016; Frantar et al.,
+"GPTQ", ICLR 2023.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import coding
+from ..errors import OptionError
+from ..fidelity import compare, probe_inputs
+from ..model import Dense
+from ..model.coded import EntropyCoded
+from ..model.weights import LowRank, Sparse
+from ..probes import Probes, softmax_head
+from ..sensitivity import (available_kinds, fisher_problem, floored, head_log_probs, output_kl,
+                           second_moments, sensitivities, temper)
+from .allocation import OFFSET_RANGE, bisect_offset, offset_text, step_shape
+from .base import Context, Param, Transform
+from .gptq import gptq_round, inverse_cholesky
+
+BETAS = (0.5, 1.0)
+# GPTQ codes carry a little more entropy than rounded ones: the offset found on rounded codes
+# is refined on the real coded bytes of GPTQ codes, up to this many octaves above it.
+GPTQ_BRACKET = 1.0
+# Corrections of the offset from the estimated to the real coded size.
+SETTLE_STEPS = 8
+
+
+@dataclass
+class _Matrix:
+    """One coded matrix: where it sits (layer, direction, role, factor), what it holds."""
+
+    key: tuple
+    values: np.ndarray
+    mask: np.ndarray = None
+    H: np.ndarray = None
+    _cholesky: np.ndarray = None
+
+    def codes(self, steps, gptq):
+        """Integer codes on the step map ``steps``: GPTQ's, or the rounded weights."""
+        if gptq and self.H is not None:
+            if self._cholesky is None:
+                self._cholesky = inverse_cholesky(self.H)
+            return gptq_round(self.values, None, steps, mask=self.mask, U=self._cholesky)
+        codes = np.round(self.values / steps).astype(np.int64)
+        return codes if self.mask is None else np.where(self.mask, codes, 0)
+
+    def coded(self, shape, offset, gptq):
+        codes = self.codes(shape.steps(offset), gptq)
+        return EntropyCoded(codes, shape.delta(offset), shape.row_exp, shape.col_exp, self.mask)
+
+    def estimated_bytes(self, shape, offset, gptq=False):
+        """:attr:`coded` 's bytes as :func:`rnnshrink.coding.estimate_bits` predicts them."""
+        codes = self.codes(shape.steps(offset), gptq)
+        return (coding.estimate_bits(codes, self.mask) / 8
+                + EntropyCoded.side_bytes(shape.row_exp, shape.col_exp, self.mask))
+
+
+class EntropyCode(Transform):
+    """Entropy-coded weights on one whole-model step allocation (ECSQ + rANS).
+
+    Parameters
+    ----------
+    ratio : float, optional
+        LSTM size ratio to reach: bytes of the coded layers before / after (within 1 %).
+    error : float, optional
+        Instead: the smallest model whose output relative error on the held-out calibration
+        inputs is at most this.
+    offset : float, optional
+        Instead: the allocation's log2 step offset as a previous run chose it.
+    sensitivity : {"auto", "rms", "hessian", "fisher"}
+        What weighs each weight's squared error; ``auto`` tries the two strongest the model
+        and inputs allow (``fisher`` needs a Dense head).
+    beta : float, optional
+        Temper the sensitivities as ``w^β``; by default 0.5 and 1 are tried.
+    gptq : bool
+        GPTQ error-compensating codes on the step maps.
+    layers : str, optional
+        Comma-separated LSTM layer names; all by default.
+    """
+
+    name = "ecsq"
+    PARAMS = {
+        "ratio": Param(float, None, 1.0, None,
+                       help="LSTM size ratio to reach (before / after bytes), within 1 %"),
+        "error": Param(float, None, 0.0, None,
+                       help="instead of ratio: largest output relative error on held-out inputs"),
+        "offset": Param(float, None, *OFFSET_RANGE,
+                        help="instead of ratio: the log2 step offset a previous run printed"),
+        "sensitivity": Param(str, "auto", choices=("auto", "rms", "hessian", "fisher"),
+                             help="weight of each squared error: 1/row RMS^2, E[x^2] or Fisher"),
+        "beta": Param(float, None, 0.0, 4.0,
+                      help="temper sensitivities as w^beta (default: 0.5 or 1, the better)"),
+        "gptq": Param(bool, True, help="GPTQ codes on the step maps (from the calibration inputs)"),
+        "layers": Param(str, None, help="comma-separated LSTM layer names (default: all)"),
+    }
+
+    def check(self):
+        given = [name for name in ("ratio", "error", "offset") if self.params.get(name) is not None]
+        if len(given) != 1:
+            raise OptionError(f"ecsq: give exactly one of ratio=R, error=E or offset=T, got "
+                              f"{', '.join(given) or 'none'}")
+
+    def apply(self, model, context=None):
+        context = context or Context()
+        layers = self.selected_layers(model)
+        x = context.inputs if context.inputs is not None else probe_inputs(model)[0]
+        fit, held_out = (Probes(half, context.probe) for half in _halves(x))
+        matrices = _codable(layers)
+        _attach_hessians(model, matrices, fit, context.seed)
+        folded = _fold_biases(model, layers)
+        fixed = sum(_bias_bytes(folded.layer(layer.name)) for layer in layers)
+        budget = sum(layer.nbytes for layer in layers) / self.ratio if self.ratio else None
+        candidates = self._candidates(model, fit, matrices)
+        scorer = _HeldOutScore(model, held_out)
+        progress = context.step("ecsq", len(candidates))
+        best = None
+        for kind, beta in candidates:
+            tempered = temper(_sensitivities(model, kind, fit, matrices, context.seed), beta)
+            shapes = [step_shape(tempered[m.key]) for m in matrices]
+            offset = self._offset(model, folded, matrices, shapes, fixed, budget, held_out)
+            offset, coded = self._settled(matrices, shapes, offset, fixed, budget)
+            candidate = _rebuild(folded, matrices, coded)
+            score = scorer(candidate)
+            if best is None or score[0] < best[0][0]:
+                best = (score, kind, beta, offset, candidate, coded)
+            progress.update()
+        progress.close()
+        (_, score_text), kind, beta, offset, result, coded = best
+        codes = "GPTQ" if self.gptq else "rounded"
+        notes = list(model.notes) + [
+            f"ecsq: sensitivity {kind}, beta {beta:g}, {offset_text(offset)}, {codes} codes, "
+            f"biases folded to float16; held-out {score_text} on {held_out.description or 'probes'} "
+            f"(rerun: ecsq:offset={offset:.6f},sensitivity={kind},beta={beta:g})"]
+        notes += [f"ecsq: {_key_text(m.key)}: {c.bits_per_weight:.2f} bits/weight"
+                  for m, c in zip(matrices, coded)]
+        return result.replace(notes=notes)
+
+    def _candidates(self, model, probes, matrices):
+        """(sensitivity, beta) pairs to try: as given, else the two strongest kinds the model
+        allows (``fisher`` only for whole matrices) with beta 0.5 and 1."""
+        if self.sensitivity != "auto":
+            kinds = [self.sensitivity]
+        else:
+            factored = any(m.key[3] is not None for m in matrices)
+            kinds = [k for k in available_kinds(model, probes) if k != "fisher" or not factored][-2:]
+        if "fisher" in kinds or self.sensitivity == "fisher":
+            problem = fisher_problem(model, probes)
+            if problem is not None:
+                raise OptionError(f"ecsq: {problem}")
+        betas = (self.beta,) if self.beta is not None else BETAS
+        return [(kind, beta) for kind in kinds for beta in (betas if kind != "rms" else (1.0,))]
+
+    def _settled(self, matrices, shapes, offset, fixed, budget):
+        """The coded matrices at ``offset``, moved until the real coded bytes are within 1 %
+        below ``budget`` (the estimate is within about that already): (offset, coded)."""
+        codes = sum(m.values.size if m.mask is None else int(m.mask.sum()) for m in matrices)
+        for _ in range(SETTLE_STEPS):
+            coded = [m.coded(s, offset, self.gptq) for m, s in zip(matrices, shapes)]
+            size = fixed + sum(c.nbytes for c in coded)
+            if budget is None or budget * 0.99 <= size <= budget:
+                break
+            # about one bit per code per octave of step: bytes fall by codes / 8 per unit offset
+            offset += (size - budget * (0.995 if size > budget else 0.997)) / (codes / 8)
+        if budget is not None and size > budget:
+            raise OptionError(f"ecsq: the coded size did not settle within 1 % of "
+                              f"ratio={self.ratio:g} ({size} bytes for a budget of {budget:.0f})")
+        return offset, coded
+
+    def _offset(self, model, folded, matrices, shapes, fixed, budget, held_out):
+        """The allocation's offset: as given, for the target size, or for the error limit."""
+        if self.offset is not None:
+            return self.offset
+        if budget is not None:
+            def estimated(gptq):
+                return lambda t: fixed + sum(m.estimated_bytes(s, t, gptq)
+                                             for m, s in zip(matrices, shapes))
+
+            offset = bisect_offset(estimated(False), budget)[0]
+            if self.gptq:  # GPTQ's codes: a little more entropy at the same steps
+                offset = bisect_offset(estimated(True), budget, offset - 0.25,
+                                       offset + GPTQ_BRACKET, tolerance=0.005)[0]
+            return offset
+
+        def within(offset):
+            coded = [m.coded(s, offset, self.gptq) for m, s in zip(matrices, shapes)]
+            candidate = _rebuild(folded, matrices, coded)
+            return compare(model, candidate, held_out.x)["output_rel_error"] <= self.error
+
+        low, high = OFFSET_RANGE
+        if not within(low):
+            raise OptionError(f"ecsq: error={self.error:g} is out of reach even with the finest "
+                              "steps")
+        for _ in range(24):
+            middle = 0.5 * (low + high)
+            low, high = (middle, high) if within(middle) else (low, middle)
+        return low
+
+
+def _halves(x):
+    """Calibration inputs split into fitting and held-out halves along the batch."""
+    half = len(x) // 2
+    return (x, x) if half == 0 else (x[:half], x[half:])
+
+
+def _codable(layers):
+    """The matrices ecsq codes: dense ones, sparse ones (their mask kept), low-rank factors."""
+    found = []
+    for layer in layers:
+        for k, direction in enumerate(layer.directions):
+            for role, weight in direction.matrices.items():
+                parts = ({"V": weight.V, "U": weight.U} if isinstance(weight, LowRank)
+                         else {None: weight})
+                for factor, part in parts.items():
+                    if not isinstance(part, (Dense, Sparse)):
+                        raise OptionError(
+                            f"ecsq: layer {layer.name} {role}[{k}] is {part.kind}: ecsq codes "
+                            "dense, pruned or low-rank weights (use it instead of quant)")
+                    mask = part.mask if isinstance(part, Sparse) else None
+                    found.append(_Matrix((layer.name, k, role, factor), part.materialize(), mask))
+    return found
+
+
+def _attach_hessians(model, matrices, probes, seed):
+    """``H = E[x xᵀ]`` of what each matrix reads on ``probes`` in the original model (a factor
+    ``U`` of ``U V`` reads ``V x``: ``V H Vᵀ``). One-hot inputs give a diagonal ``H``, on which
+    GPTQ is plain rounding."""
+    moments = second_moments(model, probes, seed)
+    factors = {}
+    for matrix in matrices:
+        name, k, role, factor = matrix.key
+        H = moments[(name, k, role)]
+        if factor == "U":
+            V = factors[(name, k, role)]
+            H = V @ H @ V.T
+        factors[(name, k, role)] = matrix.values
+        matrix.H = H
+
+
+def _sensitivities(model, kind, probes, matrices, seed):
+    """``w`` of every coded matrix, keyed like ``matrices``: 1 / row RMS² of its values,
+    ``diag H`` of its inputs, or the model's Fisher (whole matrices only)."""
+    if kind == "fisher":
+        found = sensitivities(model, kind, probes, seed)
+        return {m.key: found[m.key[:3]] for m in matrices}
+    weights = {}
+    for m in matrices:
+        if kind == "rms":
+            w = (1.0 / floored(np.mean(m.values ** 2, axis=1)))[:, None]
+        else:
+            w = floored(np.diag(m.H))[None, :]
+        weights[m.key] = np.broadcast_to(w, m.values.shape)
+    return weights
+
+
+class _HeldOutScore:
+    """What candidates are ranked by on the held-out inputs: the KL of the softmax head's
+    outputs where the model has one (the original's computed once), else the output relative
+    error. Calling it gives (value, text)."""
+
+    def __init__(self, original, probes):
+        self.original, self.probes = original, probes
+        has_head = softmax_head(original) is not None
+        self.reference = head_log_probs(original, probes) if has_head else None
+
+    def __call__(self, compressed):
+        if self.reference is not None:
+            kl = output_kl(self.original, compressed, self.probes, self.reference)
+            return kl, f"output KL {kl:.3e} nats/step"
+        error = compare(self.original, compressed, self.probes.x)["output_rel_error"]
+        return error, f"output relative error {error:.3e}"
+
+
+def _fold_biases(model, layers):
+    """``model`` with the biases of ``layers`` stored once, as float16."""
+    for layer in layers:
+        directions = [dataclasses.replace(d, b=d.b.astype(np.float16).astype(np.float64),
+                                          bias_terms=1, bias_dtype="float16")
+                      for d in layer.directions]
+        model = model.replace_layer(layer.name, dataclasses.replace(layer, directions=directions))
+    return model
+
+
+def _bias_bytes(layer):
+    return sum(d.nbytes - sum(m.nbytes for m in d.matrices.values()) for d in layer.directions)
+
+
+def _rebuild(model, matrices, coded):
+    """``model`` with every coded matrix in place (factors joined back into LowRank)."""
+    weights = {}
+    for matrix, weight in zip(matrices, coded):
+        name, k, role, factor = matrix.key
+        weights.setdefault((name, k, role), {})[factor] = weight
+    for (name, k, role), parts in weights.items():
+        weight = parts[None] if None in parts else LowRank(parts["U"], parts["V"])
+        layer = model.layer(name)
+        directions = list(layer.directions)
+        directions[k] = dataclasses.replace(directions[k], **{role: weight})
+        model = model.replace_layer(name, dataclasses.replace(layer, directions=directions))
+    return model
+
+
+def _key_text(key):
+    name, k, role, factor = key
+    return f"layer {name} {role}[{k}]" + (f" factor {factor}" if factor else "")
