@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import rans
-from .choice import AXES, HEADER_BYTES, choose, escape_width, side_bytes
+from .choice import AXES, HEADER_BYTES, choose, side_bytes
 from .packing import unpack_bytes
 from .tables import NUM_SCALES, SHAPES, checksum, table
 
@@ -118,7 +118,7 @@ def checked_codes(codes, mask=None):
         raise ValueError(f"codes must be a 2-D integer array, got {codes.dtype} of shape {codes.shape}")
     if codes.size and (codes.min() < -(2**31 - 1) or codes.max() > 2**31 - 1):
         raise ValueError("codes must lie within ±(2^31 - 1)")
-    codes = codes.astype(np.int32)
+    codes = codes.astype(np.int32, copy=False)
     if mask is not None:
         mask = np.asarray(mask, bool)
         if mask.shape != codes.shape:
