@@ -56,6 +56,12 @@ def _outliers(shape):
     return codes
 
 
+def _row_and_column_scaled(shape):
+    rng = np.random.default_rng(12)
+    sigma = np.exp(rng.normal(1, 1.0, (shape[0], 1))) * np.exp(rng.normal(0, 1.0, (1, shape[1])))
+    return np.round(sigma * rng.standard_normal(shape)).astype(np.int64)
+
+
 HOSTILE = {
     "zeros": lambda: np.zeros((40, 30), np.int64),
     "one symbol": lambda: np.full((40, 30), -3),
@@ -70,6 +76,7 @@ HOSTILE = {
     "int8": lambda: gg_codes(np.random.default_rng(3), (64, 64), 20.0).clip(-128, 127).astype(np.int8),
     "bool": lambda: np.random.default_rng(4).random((30, 30)) < 0.5,
     "alternating extremes": lambda: np.where(np.indices((30, 30)).sum(0) % 2, 2**31 - 1, -(2**31 - 1)),
+    "row and column scales": lambda: _row_and_column_scaled((60, 50)),
     "lattice": lambda: gg_codes(np.random.default_rng(5), (6, 100), 1.0) * 4 ** np.arange(6)[:, None],
 }
 
@@ -84,6 +91,8 @@ def test_hostile_streams_round_trip_exactly(name, masking):
     if mask is not None:
         codes = np.where(mask, codes, 0)
     coded = assert_round_trip(codes, mask)
+    if name == "row and column scales" and masking in ("none", "keeps everything"):
+        assert coded.axis == "row+col"
     if mask is not None and not mask.any():
         assert coded.stream == b"" and coded.escapes == b""
 
@@ -126,6 +135,24 @@ def test_rows_of_different_scales_get_row_contexts():
     per_row = sum(entropy_bits(row) for row in codes)
     assert coded.axis == "row"
     assert 8 * coded.nbytes <= 1.02 * per_row < 0.9 * entropy_bits(codes)
+
+
+def test_row_and_column_scales_get_the_joint_model():
+    """Gaussian codes of scale 3 a_i b_j (a, b log-normal): the coder picks the row + column
+    model (so it beat every one-axis model) and comes within 2 % of the code length under the
+    true distribution."""
+    special = pytest.importorskip("scipy.special")
+    rng = np.random.default_rng(9)
+    sigma = 3 * np.exp(rng.normal(0, 0.4, (300, 1))) * np.exp(rng.normal(0, 0.4, (1, 200)))
+    codes = np.round(sigma * rng.standard_normal(sigma.shape)).astype(np.int64)
+    true_bits = -np.log2(special.ndtr((codes + 0.5) / sigma)
+                         - special.ndtr((codes - 0.5) / sigma)).sum()
+    coded = coding.encode(codes)
+    assert coded.axis == "row+col" and coded.beta == 2.0
+    assert 8 * coded.nbytes <= 1.02 * true_bits
+    mask = rng.random(codes.shape) < 0.8
+    pruned = assert_round_trip(np.where(mask, codes, 0), mask)
+    assert pruned.axis == "row+col"
 
 
 @pytest.mark.parametrize("step_in_rms", [0.25, 0.5, 1.0])

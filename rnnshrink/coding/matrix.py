@@ -3,10 +3,11 @@
 What is stored, every byte counted in :attr:`CodedMatrix.nbytes`:
 
 ``header`` (8 bytes)
-    ``<BBBBI``: version (1), shape index, axis (0 tensor, 1 row, 2 column), escape width in
+    ``<BBBBI``: version (1), shape index, axis (0 tensor, 1 row, 2 column, 3 row + column), escape width in
     bytes (1, 2 or 4), CRC-32 of the frequency tables used (:func:`tables.checksum`).
 ``side``
-    The scale index of the matrix, of each row or of each column (uint8), packed by
+    The scale index of the matrix, of each row or of each column (uint8), or those of the rows
+    followed by an int8 offset per column (axis 3), packed by
     :func:`~rnnshrink.coding.packing.pack_bytes`.
 ``escapes``
     The codes outside their context's alphabet, in stream order, little-endian signed integers
@@ -15,7 +16,8 @@ What is stored, every byte counted in :attr:`CodedMatrix.nbytes`:
     The rANS lane states and words (:func:`rans.encode`).
 
 The symbols are the kept codes in row-major order (all codes, or those where ``mask`` is true);
-symbol ``i`` is coded in the context of its row's / column's scale index (or the matrix's).
+symbol ``(i, j)`` is coded in the context of the matrix's scale index, its row's, its column's,
+or ``clip(r_i + c_j, 0, 56)``.
 The mask itself is the caller's to store.
 
 References
@@ -30,13 +32,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import rans
-from .choice import AXES, HEADER_BYTES, choose, escape_width, side_bytes
+from .choice import AXES, HEADER_BYTES, choose, side_bytes
 from .packing import unpack_bytes
 from .tables import NUM_SCALES, SHAPES, checksum, table
 
 VERSION = 1
 _HEADER = "<BBBBI"
 _PARTS = ("header", "side", "escapes", "stream")
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,13 @@ class CodedMatrix:
 
     @property
     def axis(self):
-        """``"tensor"``, ``"row"`` or ``"col"``: what the scale indices belong to."""
+        """``"tensor"``, ``"row"``, ``"col"`` or ``"row+col"``: what the scales belong to."""
         return AXES[self.fields[2]]
 
     @property
     def scales(self):
-        """The scale indices, uint8 of shape (1,), (rows,) or (cols,)."""
+        """The scale indices, uint8 of shape (1,), (rows,), (cols,) or (rows + cols,) (the
+        rows' scale indices, then the columns' int8 offsets)."""
         return np.frombuffer(unpack_bytes(self.side), np.uint8)
 
     def to_arrays(self):
@@ -114,7 +118,7 @@ def checked_codes(codes, mask=None):
         raise ValueError(f"codes must be a 2-D integer array, got {codes.dtype} of shape {codes.shape}")
     if codes.size and (codes.min() < -(2**31 - 1) or codes.max() > 2**31 - 1):
         raise ValueError("codes must lie within ±(2^31 - 1)")
-    codes = codes.astype(np.int32)
+    codes = codes.astype(np.int32, copy=False)
     if mask is not None:
         mask = np.asarray(mask, bool)
         if mask.shape != codes.shape:
@@ -156,19 +160,22 @@ def encode(codes, mask=None):
     """
     codes, mask = checked_codes(codes, mask)
     choice = choose(codes, mask)
-    scales = choice.scales
-    used = np.unique(scales)
+    used, contexts = _contexts(choice.axis, choice.scales, codes.shape, mask)
     K, starts, freq, cum = _flat_tables(choice.shape_index, used)
-    contexts = _symbol_contexts(choice.axis, np.searchsorted(used, scales), codes.shape, mask)
-    values = (codes.ravel() if mask is None else codes[mask]).astype(np.int64)
-    bound = K[contexts] if contexts is not None else K[0]
-    start = starts[contexts] if contexts is not None else starts[0]
-    inside = np.abs(values) <= bound
-    symbols = np.where(inside, start + values + bound, start + 2 * bound + 1)
+    values = codes.ravel() if mask is None else codes[mask]
+    symbols = np.empty(values.size, np.int32)
+    escapes = []
+    for begin in range(0, values.size, _CHUNK):  # in chunks: no full-size int64 temporaries
+        part = values[begin:begin + _CHUNK].astype(np.int64)
+        context = 0 if contexts is None else contexts[begin:begin + _CHUNK]
+        bound, start = K[context], starts[context]
+        inside = np.abs(part) <= bound
+        symbols[begin:begin + part.size] = np.where(inside, start + part + bound,
+                                                    start + 2 * bound + 1)
+        escapes.append(part[~inside].astype(f"<i{choice.width}").tobytes())
     header = struct.pack(_HEADER, VERSION, choice.shape_index, choice.axis, choice.width,
                          checksum(choice.shape_index, used))
-    escapes = values[~inside].astype(f"<i{choice.width}").tobytes()
-    coded = CodedMatrix(codes.shape, header, side_bytes(scales), escapes,
+    coded = CodedMatrix(codes.shape, header, side_bytes(choice.scales), b"".join(escapes),
                         rans.encode(symbols, freq, cum), mask)
     if not np.array_equal(decode(coded), codes):
         raise RuntimeError("internal error: the entropy-coded matrix does not decode to its codes")
@@ -192,20 +199,20 @@ def decode(coded):
         raise ValueError(f"unknown coded matrix header {coded.fields[:4]}")
     rows, cols = coded.shape
     scales = coded.scales
-    if scales.size != (1, rows, cols)[axis] or np.any(scales >= NUM_SCALES):
+    if scales.size != (1, rows, cols, rows + cols)[axis] \
+            or np.any(scales[:rows if axis == 3 else None] >= NUM_SCALES):
         raise ValueError("coded matrix side information does not fit its shape")
-    used = np.unique(scales)
+    used, contexts = _contexts(axis, scales, coded.shape, coded.mask)
     if checksum(shape_index, used) != crc:
         raise ValueError("the entropy coder's frequency tables rebuilt here differ from those "
                          "the file was written with (CRC mismatch): floating-point functions "
                          "round differently on this platform, or the file is damaged")
     K, starts, freq, cum = _flat_tables(shape_index, used)
-    contexts = _symbol_contexts(axis, np.searchsorted(used, scales), coded.shape, coded.mask)
     symbols = rans.decode(coded.stream, rans.decode_table(freq, cum), coded.count, contexts)
-    values = np.concatenate([np.arange(-k, k + 2) for k in K])  # k + 1: the escape
+    values = np.concatenate([np.arange(-k, k + 2, dtype=np.int32) for k in K])  # k + 1: escape
     is_escape = np.zeros(values.size, bool)
     is_escape[starts[1:] - 1] = True
-    found = values[symbols].astype(np.int32)
+    found = values[symbols]
     escaped = is_escape[symbols]
     if len(coded.escapes) != int(np.count_nonzero(escaped)) * width:
         raise ValueError("coded matrix escape list does not match its stream")
@@ -228,14 +235,27 @@ def _flat_tables(shape_index, used):
     return K, starts, freq, cum
 
 
-def _symbol_contexts(axis, local, shape, mask):
-    """Context (index into the used tables) of each kept entry, row-major; None for one."""
-    if AXES[axis] == "tensor":
-        return None
+def _contexts(axis, scales, shape, mask):
+    """The scale indices in use (sorted) and the context of each kept entry, row-major: an
+    index into them (None when the matrix has one scale)."""
     rows, cols = shape
-    local = local.astype(np.uint16)
+    name = AXES[axis]
+    if name == "tensor":
+        return scales, None
+    if name == "row+col":  # context clip(r_i + c_j): row scales, then int8 column offsets
+        r = scales[:rows].astype(np.int16)
+        c = scales[rows:].view(np.int8).astype(np.int16)
+        used = np.unique(np.clip(np.unique(r)[:, None] + np.unique(c), 0, NUM_SCALES - 1))
+        local = np.zeros(NUM_SCALES, np.uint16)
+        local[used] = np.arange(used.size)
+        if mask is None:
+            return used, local[np.clip(r[:, None] + c, 0, NUM_SCALES - 1)].ravel()
+        kept_rows, kept_cols = np.nonzero(mask)
+        return used, local[np.clip(r[kept_rows] + c[kept_cols], 0, NUM_SCALES - 1)]
+    used = np.unique(scales)
+    local = np.searchsorted(used, scales).astype(np.uint16)
     if mask is None:
-        return np.repeat(local, cols) if AXES[axis] == "row" else np.tile(local, rows)
-    if AXES[axis] == "row":
-        return np.repeat(local, np.count_nonzero(mask, axis=1))
-    return local[np.nonzero(mask)[1]]
+        return used, np.repeat(local, cols) if name == "row" else np.tile(local, rows)
+    if name == "row":
+        return used, np.repeat(local, np.count_nonzero(mask, axis=1))
+    return used, local[np.nonzero(mask)[1]]

@@ -102,11 +102,11 @@ def decode_table(freq, cum):
     step : ndarray of int64, shape (contexts * 2^PROB_BITS,)
         Entry ``context * 2^PROB_BITS + slot``: ``(slot - cum) << 16 | freq`` of the symbol
         that holds ``slot``.
-    symbol : ndarray of int64, same shape
+    symbol : ndarray of int32, same shape
         That symbol.
     """
     freq, cum = np.asarray(freq, np.int64), np.asarray(cum, np.int64)
-    symbol = np.repeat(np.arange(freq.size), freq)
+    symbol = np.repeat(np.arange(freq.size, dtype=np.int32), freq)
     slot = np.arange(symbol.size) % TOTAL
     return ((slot - cum[symbol]) << 16) | freq[symbol], symbol
 
@@ -126,7 +126,7 @@ def decode(stream, tables, count, contexts=None):
 
     Returns
     -------
-    ndarray of int64, shape (count,)
+    ndarray of int32, shape (count,)
         The symbols.
 
     Raises
