@@ -100,8 +100,8 @@ class Pipeline:
     ----------
     steps : list of Transform
         Validated on construction: at least one step, structural steps (svd, lowrank, iss, slim)
-        before any prune or quant step, each layer quantized at most once (several quant
-        steps must name disjoint ``layers``).
+        before any prune or quant step, ecsq last, each layer quantized at most once (several
+        quant or ecsq steps must name disjoint ``layers``).
     """
 
     def __init__(self, steps):
@@ -115,10 +115,14 @@ class Pipeline:
                     f"{later_structural[0]} must come before {name}: it factors or slices dense "
                     "matrices"
                 )
-        quants = [step for step in steps if step.name == "quant"]
+        if "ecsq" in names[:-1]:
+            raise OptionError("ecsq must be the last step: it codes the weights the steps "
+                              "before it leave")
+        quants = [step for step in steps if step.name in ("quant", "ecsq")]
         if len(quants) > 1 and not _disjoint_layers(quants):
             raise OptionError("quant can be applied once per layer: give each quant step its "
-                              "own layers=")
+                              "own layers=" if "ecsq" not in names else
+                              "quant and ecsq code weights: give each its own layers=")
         self.steps = list(steps)
 
     def run(self, model, context=None):

@@ -7,8 +7,18 @@ from rnnshrink.pipeline import Pipeline, parse_step, read_recipe, recipe_toml
 from rnnshrink.transforms import REGISTRY
 
 
-def test_registry_has_the_six_methods():
-    assert set(REGISTRY) == {"svd", "lowrank", "iss", "prune", "quant", "slim"}
+def test_registry_has_the_seven_methods():
+    assert set(REGISTRY) == {"svd", "lowrank", "iss", "prune", "quant", "slim", "ecsq"}
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["ecsq:ratio=8", "quant:bits=8"], "ecsq must be the last step"),
+    (["quant:bits=8,layers=a", "ecsq:ratio=8"], "quant and ecsq code weights: give each its own"),
+])
+def test_ecsq_comes_last_and_codes_a_layer_once(specs, message):
+    with pytest.raises(OptionError, match=message):
+        Pipeline([parse_step(spec) for spec in specs])
+    Pipeline([parse_step("quant:bits=8,layers=a"), parse_step("ecsq:ratio=8,layers=b")])
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
