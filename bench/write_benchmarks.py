@@ -1,0 +1,163 @@
+"""BENCHMARKS.md and ``bench/results/metric_vs_ratio.png`` from the results of :mod:`bench_peers`.
+
+Not a test: run by hand after ``bench_peers.py`` (``run_all.py`` does). Reads
+``bench/results/{fixture,pydoc,lstm1024}.json`` (those present), draws task-metric change (%)
+against size ratio for every method of every model that has a task metric (rnnshrink's presets
+as dots, the peers as large highlighted markers), and writes BENCHMARKS.md: the machine, the
+headline (the smallest file within 1 % of the float model's bits per character, rnnshrink
+against each peer), the plot and every table with the command that produced it.
+
+    python bench/write_benchmarks.py [--run-seconds S]
+"""
+
+import argparse
+import json
+
+from _common import RESULTS, ROOT
+from bench_peers import table
+
+ORDER = ("fixture", "pydoc", "lstm1024")
+LIMIT = 1.0  # task-metric loss (%) allowed for the headline
+PEER_STYLE = {"torch dynamic int8": ("*", "tab:red"), "torch dynamic float16": ("^", "tab:orange"),
+              "onnxruntime dynamic int8": ("s", "tab:green")}
+PLOT = RESULTS / "metric_vs_ratio.png"
+
+
+def load_results():
+    return [json.loads((RESULTS / f"{key}.json").read_text()) for key in ORDER
+            if (RESULTS / f"{key}.json").exists()]
+
+
+def plot(results, path):
+    """Bits/char change (%) against size ratio, one panel per model with a task metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [result for result in results if "bpc_change_pct" in result["rows"][0]]
+    figure, axes = plt.subplots(1, len(scored), figsize=(6.5 * len(scored), 5.2), squeeze=False)
+    for axis, result in zip(axes[0], scored):
+        for row in result["rows"]:
+            x, y = row["size_ratio"], row["bpc_change_pct"]
+            if row["family"] == "rnnshrink":
+                axis.plot(x, y, "o", color="tab:blue", ms=6)
+                axis.annotate(row["method"], (x, y), fontsize=7, xytext=(4, 3),
+                              textcoords="offset points")
+            elif row["family"] == "peer":
+                marker, color = PEER_STYLE[row["method"]]
+                axis.plot(x, y, marker, color=color, ms=13, mec="black", label=row["method"])
+        axis.plot([], [], "o", color="tab:blue", label="rnnshrink (ONNX export)")
+        axis.axhline(LIMIT, color="gray", ls="--", lw=1, label=f"+{LIMIT:g} % bits/char")
+        axis.set_xscale("log")
+        axis.set_yscale("symlog", linthresh=1)
+        axis.set_xlabel("size ratio (float file bytes / compressed file bytes, log)")
+        axis.set_ylabel("bits/char change on held-out text (%, symlog)")
+        axis.set_title(result["title"], fontsize=9)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def headline(result):
+    """Markdown rows: the largest size ratio within LIMIT % of the float bits/char, per family."""
+    rows = result["rows"]
+    within = [row for row in rows if row["family"] == "rnnshrink" and row["bpc_change_pct"] <= LIMIT]
+    best = max(within, key=lambda row: row["size_ratio"], default=None)
+    lines = []
+    mine = (f"{best['size_ratio']:.2f}x ({best['bytes']:,} B, `{best['method']}`, "
+            f"{best['bpc_change_pct']:+.2f} %)" if best else "none within the limit")
+    for peer in (row for row in rows if row["family"] == "peer"):
+        theirs = f"{peer['size_ratio']:.2f}x ({peer['bytes']:,} B, {peer['bpc_change_pct']:+.2f} %)"
+        if peer["bpc_change_pct"] > LIMIT:
+            verdict = "peer outside the limit"
+        elif best is None or best["size_ratio"] < peer["size_ratio"]:
+            verdict = "**peer smaller**"
+        else:
+            verdict = f"rnnshrink {best['size_ratio'] / peer['size_ratio']:.2f}x smaller"
+        lines.append(f"| {result['key_title']} | {peer['method']} | {theirs} | {mine} | {verdict} |")
+    return lines
+
+
+def markdown(results, run_seconds):
+    machine = results[0]["machine"]
+    parts = [TEMPLATE_HEAD.format(
+        seconds=f"{run_seconds / 60:.0f} minutes" if run_seconds else "see each table",
+        **machine)]
+    parts.append("| model | peer | peer: size ratio | rnnshrink: largest size ratio within "
+                 f"+{LIMIT:g} % bits/char | verdict |\n|---|---|---|---|---|")
+    for result in results:
+        if "bpc_change_pct" in result["rows"][0]:
+            result["key_title"] = result["model"]
+            parts.append("\n".join(headline(result)))
+    parts.append(TEMPLATE_NOTES)
+    parts.append(f"![bits/char change against size ratio]({PLOT.relative_to(ROOT)})\n")
+    for result in results:
+        parts.append(f"### {result['title']}\n\n`{result['command']}` — {result['seconds']:.0f} s; "
+                     f"scored on {result['scored']}; latency batch 1, T = {result['steps']}, "
+                     f"1 thread, median of {result['repeats']} interleaved runs.\n")
+        parts.append(table(result["rows"], "bpc_change_pct" in result["rows"][0]))
+        notes = [f"* {row['method']}: {row['note']}" for row in result["rows"] if row.get("note")]
+        notes += [f"* skipped {skip['method']}: {skip['reason']}" for skip in result["skipped"]]
+        parts.append("\n" + "\n".join(notes) + "\n" if notes else "")
+    return "\n".join(parts)
+
+
+TEMPLATE_HEAD = """# Benchmarks: rnnshrink against PyTorch and onnxruntime dynamic quantization
+
+Measured side by side in one run per model, by `python bench/run_all.py` (it trains the bench's
+own char LM once, runs `bench/bench_peers.py` for each model, then this page and the plot are
+written by `bench/write_benchmarks.py`; {seconds} in all on the machine below). Install the
+peers with `pip install ".[bench]"` — they are bench-only, never runtime dependencies.
+
+Machine: {cpu}, {cores} cores (shared with other jobs while measuring), no GPU; {platform};
+Python {python}, torch {torch}, onnxruntime {onnxruntime}, numpy {numpy}, rnnshrink
+{rnnshrink}. Every figure uses {threads} thread.
+
+## Headline: the smallest file within 1 % of the float model's bits per character
+
+Size ratio = bytes of the float model's file / bytes of the compressed file, each in its own
+runtime (torch: `torch.save(state_dict)`; onnxruntime: the `.onnx` file), measured in the same
+run; bits/char on held-out text that neither training nor rnnshrink's calibration saw.
+"""
+
+TEMPLATE_NOTES = """
+How each method was run:
+
+* **torch dynamic int8 / float16**: `torch.ao.quantization.quantize_dynamic(model, {nn.LSTM,
+  nn.Linear}, dtype)` (no calibration); size = bytes of `torch.save(quantized.state_dict())`
+  (it reloads into a quantized module); run in torch. Its float16 state dict stores the weights
+  as float32, so its file is no smaller.
+* **onnxruntime dynamic int8**: `onnxruntime.quantization.quantize_dynamic` with its defaults
+  on `torch.onnx.export` of the float model; each table's notes list the operators it changed
+  (both `LSTM` nodes become `com.microsoft` `DynamicQuantizeLSTM` with int8 weights; the head
+  `MatMul` becomes `MatMulInteger`; the embedding is stored int8). Run in onnxruntime.
+* **rnnshrink**: each preset is `rnnshrink compress float.onnx ...` (the same float ONNX file;
+  the char LMs with `--calib`: 10 sequences of 200 characters that are not scored, embedded)
+  and the compressed model exported to ONNX as `convert --to onnx` exports a model read from
+  ONNX (the original graph, each `LSTM` node replaced by a compact `Scan` graph for compressed
+  layers or the `LSTM` op for dense ones; the embedding and head stay float32). Run in
+  onnxruntime. "container bytes" is the rnnshrink `.h5` file; "LSTM ratio" rnnshrink's own
+  stored-bytes ratio of the LSTM weights alone.
+* Output rel. error: `‖y − y₀‖ / ‖y₀‖` of the model's outputs (logits; for the 1024-unit LSTM its
+  output sequence) on the held-out sequences, against the float model of the same runtime.
+  Latency: one held-out sequence (batch 1), all methods interleaved round by round.
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-seconds", type=float, help="wall time of the whole run, for the page")
+    args = parser.parse_args()
+    results = load_results()
+    if not results:
+        raise SystemExit(f"no results in {RESULTS}: run bench/bench_peers.py first")
+    plot(results, PLOT)
+    (ROOT / "BENCHMARKS.md").write_text(markdown(results, args.run_seconds))
+    print(f"wrote {PLOT} and {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
