@@ -16,7 +16,7 @@ held-out sequence (all runners interleaved round by round, 1 thread) with the sp
 float model of the same runtime. For rnnshrink also the container's bytes and its own LSTM size
 ratio. Prints a markdown table; writes ``bench/results/MODEL.json`` and ``.csv``.
 
-    python bench/bench_peers.py --model {fixture,pydoc,lstm1024} [--repeats 10]
+    python bench/bench_peers.py --model {fixture,pydoc,lstm1024} [--repeats N]
 """
 
 import argparse
@@ -170,11 +170,12 @@ def machine():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=list(TASKS), required=True)
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per method")
+    parser.add_argument("--repeats", type=int, help="timed runs per method (default: the model's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
     task = TASKS[args.model]()
+    repeats = args.repeats or task.repeats
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         rows, runners = torch_rows(task)
@@ -192,18 +193,19 @@ def main():
         runners.update(more)
         log("timing ...")
         score(rows, task)
-        time_all(rows, runners, args.repeats)
+        time_all(rows, runners, repeats)
     seconds = time.perf_counter() - started
     print(f"{task.title}; scored on {task.scored}; latency: batch 1, T = {STEPS}, 1 thread, "
-          f"median of {args.repeats} interleaved runs\n")
+          f"median of {repeats} interleaved runs\n")
     print(table(rows, task.targets is not None))
     for label, reason in skipped:
         print(f"\nskipped {label}: {reason}")
     print(f"\n{seconds:.0f} s")
     result = {"model": task.key, "title": task.title, "scored": task.scored,
               "command": f"python bench/bench_peers.py --model {args.model}",
-              "repeats": args.repeats, "steps": STEPS, "machine": machine(),
-              "seconds": round(seconds, 1), "rows": rows,
+              "repeats": repeats, "steps": STEPS, "machine": machine(),
+              "seconds": round(seconds, 1), "cpu_seconds": round(time.process_time(), 1),
+              "rows": rows,
               "skipped": [{"method": label, "reason": reason} for label, reason in skipped]}
     write_json(result, RESULTS / f"{task.key}.json")
     with open(RESULTS / f"{task.key}.csv", "w", newline="") as handle:

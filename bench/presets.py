@@ -43,7 +43,9 @@ PRESETS = [
     ("prune 50 %", {"steps": ["prune:sparsity=0.5"]}),
     ("prune 80 %", {"steps": ["prune:sparsity=0.8"]}),
     ("--target-ratio 4", {"budget": {"target_ratio": 4}}),
+    ("--target-ratio 6", {"budget": {"target_ratio": 6}}),
     ("--target-ratio 8", {"budget": {"target_ratio": 8}}),
+    ("--target-ratio 12", {"budget": {"target_ratio": 12}}),
     ("--target-ratio 16", {"budget": {"target_ratio": 16}}),
 ]
 
