@@ -13,8 +13,9 @@ of the same runtime; the relative error ``‖y − y₀‖ / ‖y₀‖`` of the
 the LSTM output sequence) on the held-out sequences against that float model; bits per character
 and next-character accuracy where the model has a task; and the median batch-1 latency on one
 held-out sequence (all runners interleaved round by round, 1 thread) with the speed-up over the
-float model of the same runtime. For rnnshrink also the container's bytes and its own LSTM size
-ratio. Prints a markdown table; writes ``bench/results/MODEL.json`` and ``.csv``.
+float model of the same runtime. For rnnshrink also the container's bytes, its own LSTM size
+ratio and the output error ``compress`` reports (on its calibration or probe inputs). Prints a
+markdown table; writes ``bench/results/MODEL.json`` and ``.csv``.
 
     python bench/bench_peers.py --model {fixture,pydoc,lstm1024} [--repeats N]
 """
@@ -40,7 +41,7 @@ from tasks import STEPS, TASKS
 from torch_models import load
 
 COLUMNS = ["method", "family", "runtime", "command", "bytes", "size_ratio", "container_bytes",
-           "container_ratio", "lstm_ratio", "output_rel_error", "bits_per_char",
+           "container_ratio", "lstm_ratio", "output_rel_error", "probe_error", "bits_per_char",
            "bpc_change_pct", "accuracy", "latency_ms", "speedup", "compress_seconds", "note"]
 
 
@@ -103,7 +104,8 @@ def rnnshrink_rows(task, float_onnx, folder):
             label, "rnnshrink", result["onnx"], task,
             f"rnnshrink compress float.onnx {command(arguments, calib)}",
             container_bytes=result["container_bytes"], lstm_ratio=result["lstm_ratio"],
-            compress_seconds=round(result["seconds"], 2), note=note)
+            probe_error=result["probe_error"], compress_seconds=round(result["seconds"], 2),
+            note=note)
     return [found[index] for index in sorted(found)], runners, skipped
 
 

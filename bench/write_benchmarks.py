@@ -81,19 +81,18 @@ def headline(result):
     metric = "bpc_change_pct" in rows[0]
     lines = []
     for peer in (row for row in rows if row["family"] == "peer"):
-        if metric:
-            criterion = f"bits/char within +{LIMIT:g} %"
-            fits = lambda row: row["bpc_change_pct"] <= LIMIT  # noqa: E731
-        else:
-            criterion = "output error at most the peer's"
-            fits = lambda row, peer=peer: row["output_rel_error"] <= peer["output_rel_error"]  # noqa: E731
-        best = max((row for row in rows if row["family"] == "rnnshrink" and fits(row)),
+        criterion = (f"bits/char within +{LIMIT:g} %" if metric
+                     else "output error at most the peer's")
+        best = max((row for row in rows
+                    if row["family"] == "rnnshrink" and _fits(row, peer, metric)),
                    key=lambda row: row["size_ratio"], default=None)
         mine = f"{_point(best, metric)}, `{best['method']}`" if best else "none"
-        if not fits(peer):
+        if not _fits(peer, peer, metric):
             verdict = "peer outside the criterion"
-        elif best is None or best["size_ratio"] < peer["size_ratio"]:
-            verdict = "**peer smaller**"
+        elif best is None:
+            verdict = "**no rnnshrink preset meets it**"
+        elif best["size_ratio"] < peer["size_ratio"]:
+            verdict = f"**peer {peer['size_ratio'] / best['size_ratio']:.2f}x smaller**"
         else:
             verdict = f"rnnshrink {best['size_ratio'] / peer['size_ratio']:.2f}x smaller"
         if best is not None:
@@ -103,6 +102,13 @@ def headline(result):
         lines.append(f"| {result['model']} | {criterion} | {peer['method']}: "
                      f"{_point(peer, metric)} | {mine} | {verdict} |")
     return lines
+
+
+def _fits(row, peer, metric):
+    """Whether ``row`` meets the headline criterion (see :func:`headline`) against ``peer``."""
+    if metric:
+        return row["bpc_change_pct"] <= LIMIT
+    return row["output_rel_error"] <= peer["output_rel_error"]
 
 
 def _point(row, metric):
@@ -163,16 +169,18 @@ Where rnnshrink loses, and why (read the tables below for the figures of this ru
   rnnshrink gets ahead only with recipes below 8 bits that stay within the limit (the budget
   search's mixed GPTQ recipes, `--target-ratio 6` / `8`), and the more of the model the head is
   (the small fixture), the smaller its lead.
-* **Compact graphs are slower at these widths.** A compressed layer's default export
-  (`--onnx-style scan`) runs a small subgraph per time step; at 128–256 units that overhead makes
-  it several times slower than the fused `LSTM` op, while onnxruntime's `DynamicQuantizeLSTM`
-  is as fast as float or faster. `--onnx-style folded` (weights rebuilt once in the graph, then
-  the `LSTM` op) gives the same file within 1 % at about float speed. Only fewer units (`iss`)
-  or, at 1024 units, low rank (`svd`) run faster than float.
-* **5- and 6-bit codes are stored as INT8 in ONNX**, so a searched recipe with 6-bit layers
-  saves bytes in the rnnshrink container but not in the ONNX file (`--target-ratio 4` and
-  `8-bit` export to files of the same size).
-* **Plain post-training transforms (svd, iss, prune) cost far more than 1 %** on these models;
+* **No integer kernels, and per-step overhead at small widths.** rnnshrink's ONNX exports
+  dequantize codes in the graph and multiply in float, and a compressed layer's default export
+  (`--onnx-style scan`) runs a small subgraph per time step: at 128–256 units that makes it
+  several times slower than the fused `LSTM` op, at 1024 units quantized layers run at float
+  speed — while onnxruntime's `DynamicQuantizeLSTM` runs int8 products and is faster than float
+  at every width here. `--onnx-style folded` (weights rebuilt once in the graph, then the `LSTM`
+  op) gives the same file within 1 % at about float speed at 128–256 units. Only fewer units
+  (`iss`) or low rank (`svd`) run faster than float.
+* **Codes of 5 to 7 bits are stored as INT8 in ONNX** (and 2 to 4 bits as INT4), so a searched
+  recipe with 5- or 6-bit layers saves bytes in the rnnshrink container but not in the ONNX
+  file (compare "file bytes" with "container bytes" for the `--target-ratio` rows).
+* **Plain post-training transforms (svd, iss, prune) cost more than 1 %** on these models;
   only quantization stays within it. torch's float16 dynamic quantization does not shrink the
   saved state dict at all.
 
@@ -193,8 +201,9 @@ How each method was run:
   layers or the `LSTM` op for dense ones; the embedding and head stay float32). The container
   does not keep the source graph — `rnnshrink convert small.h5 --to onnx` on it alone writes the
   LSTM stack without embedding and head — so the bench exports the container's model with the
-  graph it was read from (`bench/presets.py`). Run in onnxruntime. "container bytes" is the rnnshrink `.h5` file; "LSTM ratio" rnnshrink's own
-  stored-bytes ratio of the LSTM weights alone. (A container made from an ONNX file holds the
+  graph it was read from (`bench/presets.py`). Run in onnxruntime. "container bytes" is the
+  rnnshrink `.h5` file; "LSTM ratio" rnnshrink's own stored-bytes ratio of the LSTM weights
+  alone. (A container made from an ONNX file holds the
   head's weight twice, as the Dense layer and as the graph's initializer, so for quantized
   recipes it is larger than the ONNX export.)
 * Output rel. error: `‖y − y₀‖ / ‖y₀‖` of the model's outputs (logits; for the 1024-unit LSTM its
