@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import ROOT
+
 LOW_RANK = 256
 
 

@@ -2,10 +2,11 @@
 
 Not a test: run by hand, prints a table (markdown). A 2-layer, 1024-unit LSTM (input 256) with
 random weights whose recurrent matrices have a decaying singular spectrum
-(``s_k = 2 exp(-k / 150)``, so rank 128 keeps ~82 % of the energy), exported as:
+(``s_k = 2 exp(-k / 150)``, so rank 128 keeps ~82 % of the energy; :func:`_common.synthetic_stack`,
+the peer benchmark's ``lstm1024``), exported as:
 
 * ``dense``: the ONNX ``LSTM`` op (``style="auto"``);
-* ``svd``: rank-128 projections built by hand (CLSTM / PyTorch ``proj_size``):
+* ``svd``: rank-128 projections built by hand from the SVD of each R (CLSTM / ``proj_size``):
   ``proj = S_r V_rᵀ (128 x 1024)``, ``R = U_r (4096 x 128)``, layer 2's ``W`` refit to
   ``(4096 x 128)`` by least squares; Scan graph;
 * ``4bit``: W and R as 4-bit codes with a float16 step per group of 64 columns, Scan graph
@@ -23,49 +24,37 @@ LSTM op measured in the same run. The last column is the largest difference of `
 import argparse
 import dataclasses
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from _common import (SYNTHETIC_HIDDEN, SYNTHETIC_INPUT, interleaved_timings, ort_session,
+                     synthetic_stack)
 from rnnshrink.io.onnx_export import export_stack
 from rnnshrink.model import Dense, LSTMDirection, LSTMLayer, Model, run_stack
 from rnnshrink.transforms.quant import quantize_matrix
 
-HIDDEN, INPUT, RANK, GROUP = 1024, 256, 128, 64
-
-
-def orthonormal(rows, cols, rng):
-    return np.linalg.qr(rng.normal(size=(rows, cols)))[0]
-
-
-def decaying(rows, cols, rng):
-    """A (rows, cols) matrix with singular values ``2 exp(-k / 150)``, and its factors."""
-    k = min(rows, cols)
-    U, V = orthonormal(rows, k, rng), orthonormal(cols, k, rng)
-    s = 2.0 * np.exp(-np.arange(k) / 150.0)
-    return U * s @ V.T, (U, s, V.T)
+HIDDEN, INPUT, RANK, GROUP = SYNTHETIC_HIDDEN, SYNTHETIC_INPUT, 128, 64
 
 
 def models(rng):
-    """The dense model, and the svd model built from the factors of its recurrent matrices."""
-    dense, svd = [], []
-    W = rng.normal(0, INPUT ** -0.5, (4 * HIDDEN, INPUT))
+    """The dense model (:func:`_common.synthetic_stack`), and the svd model built from the
+    rank-RANK SVD of its recurrent matrices."""
+    dense = synthetic_stack(rng)
+    svd = []
     refit = None  # maps the new (RANK-wide) input of a layer to the old one
-    for name in ("lstm_0", "lstm_1"):
-        R, (U, s, Vt) = decaying(4 * HIDDEN, HIDDEN, rng)
-        b = rng.normal(0, 0.1, 4 * HIDDEN)
-        dense.append(LSTMLayer(name, [LSTMDirection(W=Dense(W.astype(np.float32)),
-                                                    R=Dense(R.astype(np.float32)), b=b)]))
+    for layer in dense.lstm_layers:
+        (direction,) = layer.directions
+        W, R = (m.materialize().astype(np.float64) for m in (direction.W, direction.R))
+        U, s, Vt = np.linalg.svd(R, full_matrices=False)
         proj = s[:RANK, None] * Vt[:RANK]
         new_W = W if refit is None else W @ refit
-        svd.append(LSTMLayer(name, [LSTMDirection(
-            W=Dense(new_W.astype(np.float32)), R=Dense(U[:, :RANK].astype(np.float32)), b=b,
-            proj=Dense(proj.astype(np.float32)))]))
+        svd.append(LSTMLayer(layer.name, [LSTMDirection(
+            W=Dense(new_W.astype(np.float32)), R=Dense(U[:, :RANK].astype(np.float32)),
+            b=direction.b, proj=Dense(proj.astype(np.float32)))]))
         refit = np.linalg.pinv(proj)  # least squares: W_new proj ≈ W
-        W = decaying(4 * HIDDEN, HIDDEN, rng)[0]
-    return Model(layers=dense), Model(layers=svd)
+    return dense, Model(layers=svd)
 
 
 def four_bit(model):
@@ -77,25 +66,8 @@ def four_bit(model):
     return model.replace(layers=layers)
 
 
-def session(path, threads):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def timings(runners, x, repeats):
-    """Median seconds per run of each runner, interleaved round by round so that a change in
-    machine load hits every export alike (after one warm-up run each)."""
-    times = {name: [] for name in runners}
-    for name, runner in runners.items():
-        runner.run(["Y"], {"X": x})
-    for _ in range(repeats):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            runner.run(["Y"], {"X": x})
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(found)) for name, found in times.items()}
+def _runner(session, x):
+    return lambda: session.run(["Y"], {"X": x})
 
 
 def main():
@@ -116,7 +88,7 @@ def main():
             export_stack(model, paths[name], style=style)
             sizes[name] = paths[name].stat().st_size
             want = run_stack(model.lstm_layers, x[1].transpose(1, 0, 2))[-1][0]
-            got = session(paths[name], 1).run(["Y"], {"X": x[1]})[0]
+            got = ort_session(paths[name], 1).run(["Y"], {"X": x[1]})[0]
             errors[name] = np.abs(got - want.transpose(1, 0, 2)).max()
         print(f"2-layer LSTM, hidden {HIDDEN}, input {INPUT}, T = {args.steps}, onnxruntime "
               f"{ort.__version__}, median of {args.repeats} interleaved runs\n")
@@ -124,8 +96,10 @@ def main():
         print("|---|---|---|---|---|---|---|---|")
         for threads in (1, 2):
             for batch in (1, 16):
-                runners = {name: session(path, threads) for name, path in paths.items()}
-                seconds = timings(runners, x[batch], args.repeats)
+                sessions = {name: ort_session(path, threads) for name, path in paths.items()}
+                seconds = interleaved_timings(
+                    {name: _runner(session, x[batch]) for name, session in sessions.items()},
+                    args.repeats)
                 for name in exports:
                     print(f"| {name} | {sizes[name] / 1e6:.2f} | "
                           f"{sizes['dense'] / sizes[name]:.2f}x | {threads} | {batch} | "

@@ -13,11 +13,11 @@ score held-out characters with ``--offset``.
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 import rnnshrink
+from _common import ROOT, bits_per_char, windows
 from rnnshrink.dropin import expand_to_original
 from rnnshrink.fidelity import compare, load_calibration, probe_inputs
 from rnnshrink.model import run_stack
@@ -25,7 +25,6 @@ from rnnshrink.pipeline import Pipeline, parse_step
 from rnnshrink.report import summarize
 from rnnshrink.transforms import Context
 
-ROOT = Path(__file__).resolve().parent.parent
 RECIPES = [
     ["quant:bits=16"],
     ["quant:bits=8"],
@@ -57,20 +56,14 @@ RECIPES = [
 ]
 
 
-def bits_per_char(model, tokens, steps=200):
+def model_bits_per_char(model, tokens, steps=200):
     """Validation bits per character of the char LM ``embed -> LSTM stack -> head``."""
     table = model.tensors["embed.weight"].data.astype(np.float64)
     head_w = model.tensors["head.weight"].data.astype(np.float64)
     head_b = model.tensors["head.bias"].data.astype(np.float64)
-    usable = (len(tokens) - 1) // steps * steps
-    inputs = tokens[:usable].reshape(-1, steps)
-    targets = tokens[1:usable + 1].reshape(-1, steps)
+    inputs, targets = windows(tokens, steps)
     y = run_stack(model.lstm_layers, table[inputs])[-1][0]
-    logits = y @ head_w.T + head_b
-    logits -= logits.max(axis=-1, keepdims=True)
-    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)
-    return float(-picked.mean() / np.log(2))
+    return bits_per_char(y @ head_w.T + head_b, targets)
 
 
 def main():
@@ -86,7 +79,7 @@ def main():
     x, probe = probe_inputs(original)
     calib, calib_probe = load_calibration(args.calib, original) if args.calib else (x, probe)
     context = Context(inputs=calib, probe=calib_probe)
-    base_bpc = bits_per_char(original, tokens)
+    base_bpc = model_bits_per_char(original, tokens)
     before = summarize(original)["lstm_bytes"]
     print(f"model {args.model}: LSTM weights {before} bytes, validation {base_bpc:.4f} bits/char "
           f"on {args.chars} chars from {args.offset}; output error on {probe}; "
@@ -98,7 +91,7 @@ def main():
         compressed = Pipeline([parse_step(s) for s in recipe]).run(original, context)
         ratio = before / summarize(compressed)["lstm_bytes"]
         error = compare(original, compressed, x)["output_rel_error"]
-        bpc = bits_per_char(expand_to_original(compressed, original), tokens)
+        bpc = model_bits_per_char(expand_to_original(compressed, original), tokens)
         print(f"| `{' '.join('-t ' + s for s in recipe)}` | {ratio:.2f}x | {error:.4f} | "
               f"{bpc:.4f} | {100 * (bpc - base_bpc) / base_bpc:+.2f} % |"
               + ("" if time.perf_counter() - started < 60 else " (slow)"))

@@ -10,7 +10,7 @@ import pytest
 import rnnshrink
 from rnnshrink.dropin import write_same
 from rnnshrink.io.onnx_model import export_model
-from rnnshrink.model import run_stack
+from rnnshrink.model import run_layer, run_stack
 from rnnshrink.pipeline import Pipeline, parse_step
 
 ort = pytest.importorskip("onnxruntime")
@@ -102,3 +102,52 @@ def test_state_dict_exports_the_stack(tmp_path):
     x = np.random.default_rng(2).standard_normal((3, 20, 16))
     y = run_onnx(output, {"X": np.transpose(x, (1, 0, 2)).astype(np.float32)})[0]
     assert relative(np.transpose(y, (1, 0, 2)), run_stack(small.lstm_layers, x)[-1][0]) < 1e-4
+
+
+def two_lstm_nodes(rng, hidden=6, size=3):
+    """X (T, N, size) [+ initial_h, initial_c of the first node] -> LSTM "first" -> Squeeze ->
+    LSTM "second" -> its final hidden state Y_h."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from test_onnx_graph import random_weights
+
+    weights = [*random_weights(rng, 1, hidden, size), *random_weights(rng, 1, hidden, hidden)]
+    names = ["W1", "R1", "B1", "W2", "R2", "B2"]
+    inits = [numpy_helper.from_array(a, n) for a, n in zip(weights, names)]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    nodes = [helper.make_node("LSTM", ["X", "W1", "R1", "B1", "", "initial_h", "initial_c"],
+                              ["Y1"], hidden_size=hidden, name="first"),
+             helper.make_node("Squeeze", ["Y1", "axes"], ["X2"]),
+             helper.make_node("LSTM", ["X2", "W2", "R2", "B2"], ["", "Y_h"], hidden_size=hidden,
+                              name="second")]
+    value = helper.make_tensor_value_info
+    inputs = [value("X", TensorProto.FLOAT, ["T", "N", size])] + [
+        value(n, TensorProto.FLOAT, [1, "N", hidden]) for n in ("initial_h", "initial_c")]
+    graph = helper.make_graph(nodes, "g", inputs, [value("Y_h", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("recipe, maps", [(["svd:rank=2,layers=first"], {"state_map0"}),
+                                          (["iss:keep=0.5,layers=first"],
+                                           {"state_map0", "state_map1"})])
+def test_initial_states_mapped_without_identity_maps(tmp_path, recipe, maps):
+    """Given initial states reach the compressed layer as h' = P S h0, c' = S c0; an identity
+    map (c0 when no unit was removed) is not stored."""
+    rng = np.random.default_rng(3)
+    source = tmp_path / "m.onnx"
+    onnx.save_model(two_lstm_nodes(rng), source)
+    _, small = compressed(source, recipe)
+    export_model(small, tmp_path / "small.onnx")
+    names = [t.name for t in onnx.load(tmp_path / "small.onnx").graph.initializer]
+    assert {name[name.index("state_map"):] for name in names if "state_map" in name} == maps
+    x = rng.normal(0, 1, (2, 5, 3)).astype(np.float32)
+    h0, c0 = (rng.normal(0, 0.5, (1, 2, 6)).astype(np.float32) for _ in range(2))
+    feeds = {"X": x.transpose(1, 0, 2).copy(), "initial_h": h0, "initial_c": c0}
+    got = run_onnx(tmp_path / "small.onnx", feeds)[0]
+    first, second = small.lstm_layers
+    kept = first.source.get("iss_kept", [list(range(6))])[0]
+    h, c = h0[:, :, kept], c0[:, :, kept]
+    if first.directions[0].proj is not None:
+        h = h @ first.directions[0].proj.materialize().T
+    expected = run_layer(second, run_layer(first, x, (h, c))[0])[1]
+    assert np.abs(got - expected).max() < 1e-5

@@ -145,7 +145,7 @@ def _replacement(layer, node, prefix, style):
     maps = _state_maps(layer)
     if maps is not None:  # the layer's state width changed: map the node's initial states
         for k, (given, matrix) in enumerate(zip((h0, c0), maps)):
-            if given:
+            if given and not _identity(matrix):  # c is unchanged unless ISS removed units
                 constant = numpy_helper.from_array(matrix, f"{prefix}state_map{k}")
                 tensors.append(constant)
                 mapped = op("MatMul", [given, constant.name])
@@ -188,6 +188,12 @@ def _state_maps(layer):
         h_maps.append(h_map.T)
         c_maps.append(select.T)
     return np.stack(h_maps), np.stack(c_maps)
+
+
+def _identity(maps):
+    """Whether every map of ``maps`` (dirs, n, n') is the identity (nothing to store)."""
+    return maps.shape[1] == maps.shape[2] and np.array_equal(maps, np.broadcast_to(
+        np.eye(maps.shape[1], dtype=maps.dtype), maps.shape))
 
 
 def _replace_head_weight(proto, layer):
