@@ -44,7 +44,7 @@ SEARCH_SEQUENCES = 4
 REACH = 2
 
 
-def search(model, target_ratio=None, max_error=None, using=("svd", "quant"), x=None, context=None,
+def search(model, target_ratio=None, max_error=None, using=(ECSQ,), x=None, context=None,
            plain=False):
     """Choose per-layer transforms for a size target or an error limit, greedily.
 
@@ -60,8 +60,9 @@ def search(model, target_ratio=None, max_error=None, using=("svd", "quant"), x=N
         LSTM size ratio to reach (every stored byte counted, as :func:`summarize` does).
     max_error : float, optional
         Largest output relative error allowed on ``x``; exactly one of the two is given.
-    using : sequence of {"svd", "prune", "quant"}
-        Transforms the search may use.
+    using : sequence of {"svd", "prune", "quant"}, or ("ecsq",)
+        Transforms the search may use; ``("ecsq",)`` (the default) meets the goal with one
+        :mod:`ecsq <rnnshrink.transforms.ecsq>` step instead of a search.
     x : ndarray of shape (batch, time, input), optional
         Inputs of the first LSTM layer (default: ``context.inputs``, else
         :func:`rnnshrink.fidelity.probe_inputs`). Candidates are measured on the first

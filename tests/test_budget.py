@@ -79,8 +79,14 @@ def test_svd_candidates_are_data_aware_and_rerun(model, x):
     assert ratio_and_error(model, again, x) == ratio_and_error(model, compressed, x)
 
 
-def test_default_transforms_reach_the_target(model, x):
-    steps, compressed, _ = search(model, target_ratio=4, x=x)
+def test_default_is_the_entropy_coded_allocation(model, x):
+    steps, compressed, trace = search(model, target_ratio=4, x=x)
+    assert 4 <= ratio_and_error(model, compressed, x)[0] <= 4.04
+    assert [step.spec() for step in steps] == ["ecsq:ratio=4.0"] and trace["evaluations"] == 1
+
+
+def test_svd_and_quant_reach_the_target(model, x):
+    steps, compressed, _ = search(model, target_ratio=4, using=("svd", "quant"), x=x)
     assert ratio_and_error(model, compressed, x)[0] >= 4
     assert {step.name for step in steps} <= {"svd", "quant"}
 
