@@ -89,11 +89,3 @@ def test_damaged_container_is_refused(tmp_path):
         f.attrs["rnnshrink_format"] = 1
     with pytest.raises(InputError, match="damaged rnnshrink container"):
         read(path)
-
-
-def test_future_version_is_refused(tmp_path):
-    path = tmp_path / "new.h5"
-    with h5py.File(path, "w") as f:
-        f.attrs["rnnshrink_format"] = 99
-    with pytest.raises(InputError, match="version 99 is not supported"):
-        read(path)

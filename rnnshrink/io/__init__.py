@@ -4,7 +4,6 @@ Use :func:`read`; it recognises the format from the file's first bytes, not its 
 """
 
 import importlib
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -70,11 +69,10 @@ def sniff(path):
 
 
 def _sniff_zip(path):
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as error:
-        raise InputError(path, f"truncated or corrupt zip archive ({error})") from None
+    from .zip_archive import Archive
+
+    with Archive(path) as archive:
+        names = archive.names
     if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
         return "keras-zip"
     if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):

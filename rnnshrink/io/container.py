@@ -22,6 +22,7 @@ index (``indptr`` int32 + ``indices`` uint8/16/32, or ``bitmask`` packed bits); 
 
 import hashlib
 import json
+import os
 
 import h5py
 import numpy as np
@@ -48,8 +49,10 @@ from ..model.weights import (
     to_bfloat16_bits,
 )
 from .atomic import atomic_path
+from .h5_safe import open_h5
 
 FORMAT_VERSION = 1
+MAX_ENTRIES_PER_BYTE = 1024  # a weight may stand for at most this many entries per file byte
 _WIDTHS = {1: np.uint8, 2: np.uint16, 4: np.uint32}
 
 
@@ -58,7 +61,7 @@ def is_container(path):
     try:
         with h5py.File(path, "r") as f:
             return "rnnshrink_format" in f.attrs
-    except OSError:
+    except (OSError, RuntimeError):  # not HDF5, or damaged: the Keras reader says what is wrong
         return False
 
 
@@ -111,7 +114,7 @@ def write(model, output, recipe=(), summary=None, source_sha256=""):
 def read(path, **options):
     """Read a container file back into a :class:`Model` (format ``"rnnshrink"``)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             version = int(f.attrs["rnnshrink_format"])
             if version != FORMAT_VERSION:
                 raise InputError(path, f"rnnshrink format version {version} is not supported "
@@ -134,7 +137,7 @@ def read(path, **options):
                 producer=f"rnnshrink {f.attrs['rnnshrink_version']} from {f.attrs['source_producer']}",
                 topology=str(f.attrs["topology"]), notes=json.loads(f.attrs["notes"]), meta=meta,
             )
-    except (KeyError, ValueError, TypeError, OSError) as error:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as error:
         raise InputError(path, f"damaged rnnshrink container ({error})") from None
 
 
@@ -213,9 +216,10 @@ def _write_weight(group, weight):
 
 
 def _read_weight(group):
-    kind, shape = str(group.attrs["kind"]), tuple(int(n) for n in group.attrs["shape"])
+    kind, shape = str(group.attrs["kind"]), _weight_shape(group)
     if kind == "dense":
         dtype = str(group.attrs["stored_dtype"])
+        _expect(group["values"], shape)
         return Dense(_from_stored(group["values"][()], dtype), stored_dtype=dtype)
     if kind == "lowrank":
         return LowRank(_read_weight(group["U"]), _read_weight(group["V"]))
@@ -224,8 +228,11 @@ def _read_weight(group):
         return Sparse(_read_mask(group, shape), _from_stored(group["values"][()], dtype), dtype)
     if kind == "quantized":
         bits, group_size = int(group.attrs["bits"]), int(group.attrs["group"]) or None
+        if not 2 <= bits <= 8:
+            raise ValueError(f"{group.name}: bits {bits} outside [2, 8]")
         mask = _read_mask(group, shape) if "indptr" in group or "bitmask" in group else None
         count = int(np.prod(shape)) if mask is None else int(np.count_nonzero(mask))
+        _expect(group["codes"], (-(-count * bits // 8),))
         kept = unpack_codes(group["codes"][()], bits, count)
         codes = kept.reshape(shape) if mask is None else np.zeros(shape, np.int8)
         if mask is not None:
@@ -245,11 +252,31 @@ def _write_mask(group, mask):
     group.create_dataset("indices", data=np.nonzero(mask)[1].astype(_WIDTHS[width]))
 
 
+def _weight_shape(group):
+    """A weight's ``shape`` attribute, checked: two counts, at most :data:`MAX_ENTRIES_PER_BYTE`
+    entries per byte of the file (the arrays it implies are allocated only after this)."""
+    shape = tuple(int(n) for n in group.attrs["shape"])
+    limit = MAX_ENTRIES_PER_BYTE * max(os.path.getsize(group.file.filename), 1)
+    if len(shape) != 2 or min(shape) < 0 or shape[0] * shape[1] > limit:
+        raise ValueError(f"{group.name}: shape {shape} is not a matrix this file can hold")
+    return shape
+
+
+def _expect(dataset, shape):
+    if dataset.shape != tuple(shape):
+        raise ValueError(f"{dataset.name} has shape {dataset.shape}, the weight needs {tuple(shape)}")
+
+
 def _read_mask(group, shape):
     if "bitmask" in group:
+        _expect(group["bitmask"], (-(-shape[0] * shape[1] // 8),))
         bits = np.unpackbits(group["bitmask"][()], count=int(np.prod(shape)), bitorder="little")
         return bits.reshape(shape).astype(bool)
-    indptr, indices = group["indptr"][()], group["indices"][()]
+    _expect(group["indptr"], (shape[0] + 1,))
+    indptr, indices = group["indptr"][()].astype(np.int64), group["indices"][()]
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.shape[0] \
+            or indices.ndim != 1 or np.any(indices >= shape[1]):
+        raise ValueError(f"{group.name}: sparse index out of range")
     mask = np.zeros(shape, bool)
     rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
     mask[rows, indices.astype(np.int64)] = True

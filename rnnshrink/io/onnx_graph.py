@@ -51,6 +51,10 @@ _ACTIVATIONS = {
     "softplus": ("softplus", None, None),
 }
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+_A = onnx.AttributeProto
+_LSTM_ATTRIBUTES = {"activation_alpha": _A.FLOATS, "activation_beta": _A.FLOATS,
+                    "activations": _A.STRINGS, "clip": _A.FLOAT, "direction": _A.STRING,
+                    "hidden_size": _A.INT, "input_forget": _A.INT, "layout": _A.INT}
 LSTM_SLOTS = {"W": 1, "R": 2, "B": 3, "P": 7}  # LSTM input positions of the constant inputs
 _SHAPE_OPS = {"Squeeze", "Unsqueeze", "Transpose", "Reshape", "Identity", "Dropout", "Flatten"}
 _TIME_OPS = {"Slice", "Gather"}  # also crossed between the last LSTM and its head
@@ -174,8 +178,8 @@ class _Reader:
 
     def lstm(self, graph, index, node):
         label = _label(index, node)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        direction = attrs.get("direction", b"forward").decode()
+        attrs = self.attributes(label, node)
+        direction = attrs.get("direction", "forward")
         if direction not in _DIRECTIONS:
             self.fail(label, f"unknown direction {direction!r}")
         if attrs.get("input_forget", 0):
@@ -183,8 +187,13 @@ class _Reader:
         inputs = list(node.input) + [""] * (8 - len(node.input))
         found = {role: self.constant(graph, inputs[slot]) for role, slot in LSTM_SLOTS.items()}
         for role in ("W", "R", "B", "P"):
+            if not inputs[LSTM_SLOTS[role]] and role in "WR":
+                self.fail(label, f"input {role} is missing")
             if inputs[LSTM_SLOTS[role]] and found[role] is None:
                 self.fail(label, f"input {role} is not a constant (only constant weights are read)")
+            if found[role] is not None and found[role][0].dtype.name not in DTYPE_BYTES:
+                self.fail(label, f"input {role} is {found[role][0].dtype}; LSTM weights must be "
+                                 f"{', '.join(DTYPE_BYTES)}")
         if found["P"] is not None and np.any(found["P"][0]):
             self.fail(label, "input P (peephole weights) is not supported")
         if found["P"] is not None:
@@ -239,9 +248,33 @@ class _Reader:
                          reverse_only=direction == "reverse",
                          inputs=[self.feeder(graph, inputs[0])], source=source)
 
+    def attributes(self, label, node):
+        """The LSTM node's attributes by name, each checked against :data:`_LSTM_ATTRIBUTES`;
+        strings decoded."""
+        found = {}
+        for attr in node.attribute:
+            kind = _LSTM_ATTRIBUTES.get(attr.name)
+            if kind is not None and attr.type != kind:
+                self.fail(label, f"attribute {attr.name} is of type "
+                                 f"{onnx.AttributeProto.AttributeType.Name(attr.type)}, expected "
+                                 f"{onnx.AttributeProto.AttributeType.Name(kind)}")
+            value = helper.get_attribute_value(attr)
+            try:
+                if attr.type == onnx.AttributeProto.STRING:
+                    value = value.decode()
+                elif attr.type == onnx.AttributeProto.STRINGS:
+                    value = [v.decode() for v in value]
+            except UnicodeDecodeError:
+                self.fail(label, f"attribute {attr.name} is not UTF-8 text")
+            found[attr.name] = value
+        if found.get("hidden_size", 1) < 1 or found.get("layout", 0) not in (0, 1):
+            self.fail(label, f"hidden_size {found.get('hidden_size')} or layout "
+                             f"{found.get('layout')} out of range")
+        return found
+
     def activations(self, label, attrs, dirs):
         """The f, g, h activations (one triple shared by all directions)."""
-        names = [n.decode() for n in attrs.get("activations", [])] or ["Sigmoid", "Tanh", "Tanh"] * dirs
+        names = attrs.get("activations") or ["Sigmoid", "Tanh", "Tanh"] * dirs
         if len(names) != 3 * dirs:
             self.fail(label, f"activations lists {len(names)} functions, expected {3 * dirs}")
         alphas, betas = iter(attrs.get("activation_alpha", [])), iter(attrs.get("activation_beta", []))
@@ -426,6 +459,8 @@ def _external_span(path, tensor):
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = info.get("location", "")
     where = f"tensor {tensor.name!r}: external data {location!r}"
+    if not isinstance(location, str) or "\0" in location:
+        raise InputError(path, f"{where} is not a file name (bytes that are not UTF-8, or NUL)")
     folder = path.resolve().parent
     if not location or Path(location).is_absolute() or location.startswith(("/", "\\")):
         raise InputError(path, f"{where} is not a path relative to the model's folder; refused")

@@ -1,0 +1,84 @@
+"""HDF5 files opened so that reading them stays inside them and allocates only what they hold.
+
+HDF5 can point outside the file: an external link names another file (any path), a dataset
+with external storage keeps its bytes in other files (``/etc/passwd`` included), a virtual
+dataset maps regions of other files. And a dataset's shape is only a claim: a chunked dataset
+of shape (10^6, 10^6) whose chunks were never written takes a few hundred bytes on disk and
+``dataset[()]`` would allocate 4 TB of fill values. :func:`open_h5` refuses all of these before
+the caller reads anything: every link and every dataset of the file is checked once, on
+metadata only. A dataset without filters must store all its bytes; one with filters
+(compression) at most :data:`MAX_RATIO` times fewer (deflate's own limit is about 1032:1).
+
+References
+----------
+HDF5 User's Guide, "HDF5 Groups" (external links) and "HDF5 Datasets" (external storage,
+virtual datasets, storage allocation and fill values).
+"""
+
+import contextlib
+
+import h5py
+
+from ..errors import InputError
+
+MAX_RATIO = 1100
+
+
+@contextlib.contextmanager
+def open_h5(path, target=None):
+    """Open ``target`` (default ``path``: a path or a file-like object) read-only and check it.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file named in error messages.
+
+    Raises
+    ------
+    InputError
+        Not HDF5, damaged, or pointing outside itself or claiming more than it stores.
+    """
+    try:
+        h5 = h5py.File(path if target is None else target, "r")
+    except (OSError, RuntimeError, ValueError) as error:
+        raise InputError(path, f"truncated or corrupt HDF5 file ({error})") from None
+    with h5:
+        try:
+            check_file(path, h5)
+        except (OSError, RuntimeError, KeyError, ValueError) as error:
+            raise InputError(path, f"truncated or corrupt HDF5 file ({error})") from None
+        yield h5
+
+
+def check_file(path, h5):
+    """Refuse external links anywhere in ``h5``, and any dataset :func:`check_dataset` refuses.
+
+    (The visits collect; an exception raised inside an h5py visit callback would not surface
+    as itself.)
+    """
+    external = h5.visititems_links(
+        lambda name, link: (name, link.filename) if isinstance(link, h5py.ExternalLink) else None)
+    if external:
+        raise InputError(path, f"HDF5 link /{external[0]} points into another file "
+                               f"({external[1][:80]}); refused")
+    datasets = []
+    h5.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset)
+                  else None)
+    for dataset in datasets:
+        check_dataset(path, dataset)
+
+
+def check_dataset(path, dataset):
+    """Refuse a dataset stored outside the file, or claiming more bytes than the file holds."""
+    name = dataset.name
+    if dataset.is_virtual:
+        raise InputError(path, f"HDF5 dataset {name} is virtual (mapped from other files); refused")
+    if dataset.external:
+        raise InputError(path, f"HDF5 dataset {name} keeps its data in external files "
+                               f"({str(dataset.external[0][0])[:80]}); refused")
+    declared = dataset.size * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    filtered = dataset.id.get_create_plist().get_nfilters() > 0
+    if declared and (stored < declared if not filtered else declared > MAX_RATIO * stored):
+        raise InputError(path, f"HDF5 dataset {name} of shape {dataset.shape} declares "
+                               f"{declared} bytes but the file stores {stored}; refused")
