@@ -1,7 +1,10 @@
 """Atomic output: write to a temporary file beside the target, rename into place on success.
 
 An error or an interrupt leaves no partial file, and an existing output stays as it was until
-the new one is complete.
+the new one is complete: the data is flushed to disk (``fsync``) before the rename, which
+replaces the old file in one step. A process killed outright (SIGKILL, power loss) cannot
+remove its temporary file; it is named ``.<output name>.rnnshrink-tmp-<random>`` (see
+:data:`TEMPORARY_MARK`) in the output's folder and is safe to delete.
 """
 
 import contextlib
@@ -10,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import OptionError
+
+TEMPORARY_MARK = ".rnnshrink-tmp-"
 
 
 def check_output_path(output, inputs=(), force=False):
@@ -34,13 +39,16 @@ def atomic_path(output):
     ...     write_file(tmp)
     """
     output = Path(output)
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}{TEMPORARY_MARK}",
+                                         dir=output.parent)
     os.close(handle)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
     try:
         yield Path(temporary)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, output)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

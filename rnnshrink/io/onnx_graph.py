@@ -205,12 +205,12 @@ class _Reader:
         if W.ndim != 3 or W.shape[1] % 4:
             self.fail(label, f"W has shape {W.shape}, expected (directions, 4 * hidden, input)")
         hidden = attrs.get("hidden_size", W.shape[1] // 4)
-        B = found["B"][0] if found["B"] else np.zeros((dirs, 8 * hidden), W.dtype)
         shapes = {"W": (dirs, 4 * hidden, W.shape[2]), "R": (dirs, 4 * hidden, hidden),
                   "B": (dirs, 8 * hidden)}
-        for role, array in (("W", W), ("R", R), ("B", B)):
-            if array.shape != shapes[role]:
+        for role, array in (("W", W), ("R", R), ("B", found["B"] and found["B"][0])):
+            if array is not None and array.shape != shapes[role]:
                 self.fail(label, f"{role} has shape {array.shape}, expected {shapes[role]}")
+        B = found["B"][0] if found["B"] else np.zeros((dirs, 8 * hidden), W.dtype)
         if inputs[4]:
             self.notes.append(f"{label}: sequence_lens ignored (full-length sequences are run)")
         activations = self.activations(label, attrs, dirs)

@@ -104,8 +104,8 @@ class Archive:
                                         "records uncompressed")
         mapped = self._mapped()
         at = info.header_offset
-        if at + _LOCAL.size > len(mapped):
-            raise InputError(self.path, f"zip member {name}: local header past the end of file")
+        if not 0 <= at <= len(mapped) - _LOCAL.size:
+            raise InputError(self.path, f"zip member {name}: local header outside the file")
         fields = _LOCAL.unpack_from(mapped, at)
         start = at + _LOCAL.size + fields[9] + fields[10]
         local_name = bytes(mapped[at + _LOCAL.size:at + _LOCAL.size + fields[9]])

@@ -63,7 +63,28 @@ def _local_name_lies(folder):
     path.write_bytes(raw[:at] + b"archive/data/1" + raw[at + 14:])
 
 
+def _utf8_flag_and_bad_name(folder):
+    path = folder / "m.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        info = zipfile.ZipInfo("archive/data/\u00e90")  # non-ASCII: the UTF-8 flag is set
+        archive.writestr(info, bytes(48))
+        archive.writestr("archive/data.pkl", op_dict({"w": TENSOR}))
+    raw = path.read_bytes().replace("\u00e9".encode(), b"\x80\x80")
+    path.write_bytes(raw)
+
+
+def _directory_offset_lies(folder):
+    """The end record says the central directory starts 4 bytes later than it does."""
+    path = zip_checkpoint(folder / "m.pt", op_dict({"w": TENSOR}), {"0": bytes(48)})
+    raw = bytearray(path.read_bytes())
+    at = raw.rindex(b"PK\x05\x06") + 16
+    raw[at:at + 4] = struct.pack("<I", struct.unpack("<I", raw[at:at + 4])[0] + 4)
+    path.write_bytes(bytes(raw))
+
+
 ZIPS = {  # name -> (file, build, problem)
+    "name-not-utf8": ("m.pt", _utf8_flag_and_bad_name, "corrupt zip archive"),
+    "directory-offset": ("m.pt", _directory_offset_lies, "outside the file|corrupt zip"),
     "traversal": ("m.pt", _torch_zip(lambda f: [("../../evil", "x")]), r"leaves the archive"),
     "absolute": ("m.pt", _torch_zip(lambda f: [("/tmp/evil", "x")]), r"leaves the archive"),
     "duplicate-data-pkl": ("m.pt", _torch_zip(lambda f: [("archive/data.pkl", b"\x80\x02N.")]),
@@ -126,10 +147,10 @@ SAFETENSORS = {  # name -> (header, data, declared length, problem)
 }
 
 
-def _onnx(location, offset=0, length=None, side=None, dtype=np.float32, mutate=None):
+def _onnx(location, offset=0, length=None, side=None, dtype=np.float32, mutate=None,
+          bad_utf8=False):
     """A one-LSTM model whose W lives at ``location``; ``side(folder)`` makes other files."""
     def build(folder):
-        import onnx
         from test_onnx_graph import lstm_model, random_weights
 
         W, R, B = random_weights(np.random.default_rng(6), 1, 4, 3)
@@ -146,7 +167,10 @@ def _onnx(location, offset=0, length=None, side=None, dtype=np.float32, mutate=N
             mutate(model)
         if side:
             side(folder)
-        onnx.save_model(model, folder / "m.onnx")
+        data = model.SerializeToString()
+        if bad_utf8:  # protobuf will not set such a string; the file can hold one
+            data = data.replace("\u00e9".encode(), b"\xff\xfe")
+        (folder / "m.onnx").write_bytes(data)
     return build
 
 
@@ -166,6 +190,16 @@ def _direction_bytes(model):
     model.graph.node[0].attribute.append(helper.make_attribute("direction", b"\xff\xfe"))
 
 
+def _no_W(model):
+    model.graph.node[0].input[1] = ""
+
+
+def _hidden_size_huge(model):
+    """hidden_size claims 2^32 units and B is absent: a zero B of that size would be 128 GB."""
+    model.graph.node[0].attribute[0].CopyFrom(helper.make_attribute("hidden_size", 2**32))
+    model.graph.node[0].input[3] = ""
+
+
 def _huge_dims(model):
     model.graph.initializer[0].dims[1] = 2**40
 
@@ -176,16 +210,20 @@ ONNX = {  # name -> (build, problem)
     "external-climbing": (_onnx("sub/../../secret.bin"), "points outside the model's folder"),
     "external-symlink": (_onnx("link.bin", side=_symlink), "points outside the model's folder"),
     "external-nul": (_onnx("w\0.bin"), "not a file name"),
+    "external-not-utf8": (_onnx("w\u00e9.bin", bad_utf8=True), "not a file name"),
     "external-folder": (_onnx("sub", side=lambda f: (f / "sub").mkdir()), "no such file"),
     "external-range": (_onnx("w.bin", offset=150, side=_beside),
                        "lie outside the 200-byte file"),
     "external-length": (_onnx("w.bin", length=7, side=_beside),
                         "holds 7 bytes, the tensor needs 192"),
     "weights-int": (_onnx(None, dtype=np.int32), "input W is int32"),
+    "weights-missing": (_onnx(None, mutate=_no_W), "input W is missing"),
     "attribute-type": (_onnx(None, mutate=_hidden_size_string),
                        "attribute hidden_size is of type STRING, expected INT"),
     "attribute-bytes": (_onnx(None, mutate=_direction_bytes), "not UTF-8 text"),
     "dims-huge": (_onnx(None, mutate=_huge_dims), "initializer|constant|shape"),
+    "hidden-size-huge": (_onnx(None, mutate=_hidden_size_huge),
+                         r"W has shape \(1, 16, 3\), expected \(1, 17179869184, 3\)"),
 }
 
 

@@ -1,0 +1,59 @@
+"""Fuzzing the readers: mutated valid files give a Model or an InputError, nothing else.
+
+Each case takes a small valid file of one format (``_fuzzing.seeds``), damages it once or
+twice (``_fuzzing.mutate``: byte edits, or structure-aware edits of the zip members, pickle,
+JSON header, protobuf fields or HDF5 objects), writes it beside the seed's side files and reads
+it with :func:`rnnshrink.read`. CI runs a bounded, reproducible number of cases per reader;
+``RNNSHRINK_FUZZ_EXAMPLES=10000`` runs that many, freshly randomised, by hand. The atheris
+harness in ``tests/fuzz/`` drives the same seeds and mutators with coverage feedback.
+"""
+
+import os
+import signal
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _fuzzing import READERS, case, check_read, seeds
+
+BY_HAND = os.environ.get("RNNSHRINK_FUZZ_EXAMPLES")
+CASE_SECONDS = 30  # a case running longer than this counts as a hang
+
+
+@pytest.fixture(scope="module")
+def seed_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
+    return folder, {fmt: seeds(fmt, folder) for fmt in READERS}
+
+
+class Hang(Exception):
+    """A reader ran past :data:`CASE_SECONDS` on one case."""
+
+
+def _alarm(signum, frame):
+    raise Hang(f"one read took more than {CASE_SECONDS} s")
+
+
+@pytest.mark.parametrize("fmt", READERS)
+def test_mutated_files_read_or_raise_input_error(seed_files, fmt):
+    folder, found = seed_files
+
+    @settings(max_examples=int(BY_HAND or 60), derandomize=not BY_HAND, database=None,
+              deadline=timedelta(seconds=CASE_SECONDS), print_blob=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(case_seed=st.integers(0, 2**64 - 1))
+    def run(case_seed):
+        name, data = case(fmt, found[fmt], case_seed)
+        path = folder / f"case{os.path.splitext(name)[1]}"
+        path.write_bytes(data)
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(CASE_SECONDS)
+        try:
+            check_read(path)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    run()
