@@ -49,7 +49,7 @@ from ..model.weights import (
     to_bfloat16_bits,
 )
 from .atomic import atomic_path
-from .h5_safe import open_h5
+from .h5_safe import H5_ERRORS, open_h5
 
 FORMAT_VERSION = 1
 MAX_ENTRIES_PER_BYTE = 1024  # a weight may stand for at most this many entries per file byte
@@ -61,7 +61,7 @@ def is_container(path):
     try:
         with h5py.File(path, "r") as f:
             return "rnnshrink_format" in f.attrs
-    except (OSError, RuntimeError):  # not HDF5, or damaged: the Keras reader says what is wrong
+    except H5_ERRORS:  # not HDF5, or damaged: the Keras reader says what is wrong
         return False
 
 

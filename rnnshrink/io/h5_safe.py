@@ -22,6 +22,7 @@ import h5py
 from ..errors import InputError
 
 MAX_RATIO = 1100
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)  # what h5py raises on damage
 
 
 @contextlib.contextmanager
@@ -40,12 +41,12 @@ def open_h5(path, target=None):
     """
     try:
         h5 = h5py.File(path if target is None else target, "r")
-    except (OSError, RuntimeError, ValueError) as error:
+    except H5_ERRORS as error:
         raise InputError(path, f"truncated or corrupt HDF5 file ({error})") from None
     with h5:
         try:
             check_file(path, h5)
-        except (OSError, RuntimeError, KeyError, ValueError) as error:
+        except H5_ERRORS as error:
             raise InputError(path, f"truncated or corrupt HDF5 file ({error})") from None
         yield h5
 
@@ -53,19 +54,23 @@ def open_h5(path, target=None):
 def check_file(path, h5):
     """Refuse external links anywhere in ``h5``, and any dataset :func:`check_dataset` refuses.
 
-    (The visits collect; an exception raised inside an h5py visit callback would not surface
-    as itself.)
+    The names are collected first and the objects opened afterwards: h5py turns an exception
+    raised inside a visit callback into a SystemError.
     """
-    external = h5.visititems_links(
-        lambda name, link: (name, link.filename) if isinstance(link, h5py.ExternalLink) else None)
-    if external:
-        raise InputError(path, f"HDF5 link /{external[0]} points into another file "
-                               f"({external[1][:80]}); refused")
-    datasets = []
-    h5.visititems(lambda name, item: datasets.append(item) if isinstance(item, h5py.Dataset)
-                  else None)
-    for dataset in datasets:
-        check_dataset(path, dataset)
+    for name in link_names(h5):
+        link = h5.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise InputError(path, f"HDF5 link /{name} points into another file "
+                                   f"({link.filename[:80]}); refused")
+        if isinstance(link, h5py.HardLink) and isinstance(h5.get(name), h5py.Dataset):
+            check_dataset(path, h5[name])
+
+
+def link_names(group):
+    """The names of every link under ``group``, recursively (hard, soft and external)."""
+    names = []
+    group.visit_links(names.append)
+    return names
 
 
 def check_dataset(path, dataset):

@@ -40,7 +40,7 @@ from ..model import (
 )
 from . import ZIP_MAGIC
 from .gates import to_canonical
-from .h5_safe import open_h5
+from .h5_safe import link_names, open_h5
 from .keras_config import Keras3, Legacy, attr_text, config_specs, dataset_path, list_attr, snake
 from .zip_archive import Archive
 
@@ -145,7 +145,9 @@ def _build(path, source, option):
         layers.append(layer)
         owned.update(_owned_paths(layer))
     tensors = {}
-    h5.visititems(lambda name, obj: _keep(name, obj, owned, tensors))
+    for name in link_names(h5):  # not visititems: h5py hides a callback's exception
+        if isinstance(h5.get(name, getlink=True), h5py.HardLink):
+            _keep(name, h5.get(name), owned, tensors)
     return Model(
         layers=layers,
         tensors=tensors,
