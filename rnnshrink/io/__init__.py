@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..model import Dense
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -111,10 +112,11 @@ def read(path, allow_nonfinite=False, **options):
 def _refuse_nonfinite(model):
     for layer in model.lstm_layers:
         for k, direction in enumerate(layer.directions):
-            arrays = {name: w.materialize() for name, w in direction.matrices.items()}
+            arrays = {name: w.values if isinstance(w, Dense) else w.materialize()
+                      for name, w in direction.matrices.items()}  # Dense: no float64 copy
             arrays["b"] = direction.b
             for role, values in arrays.items():
-                if not np.all(np.isfinite(values)):
+                if not np.isfinite(values).all():
                     raise InputError(
                         model.path,
                         f"layer {layer.name} direction {k} has NaN or Inf in {role} "

@@ -59,8 +59,8 @@ def read(path, **options):
     for name, (dtype, shape, (begin, end)) in header.items():
         raw = np.dtype(DTYPES[dtype][1]).newbyteorder("<")
         stored = data[data_start + begin : data_start + end].view(raw).reshape(shape)
-        tensors[name] = Tensor(name, stored.astype(raw.newbyteorder("="), order="C"), dtype)
-    del data
+        # little-endian data stays a read-only view of the mapped file
+        tensors[name] = Tensor(name, stored.astype(raw.newbyteorder("="), copy=False), dtype)
     model = state_dict_to_model(path, tensors)
     model.format = "safetensors"
     model.producer = {"pt": "pytorch"}.get(metadata.get("format"), "unknown")
