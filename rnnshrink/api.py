@@ -78,6 +78,7 @@ def compress_file(model_path, steps, output=None, output_format="rnnshrink", cal
     if recipe_output:
         check_output_path(recipe_output, inputs=[model_path, output], force=force)
     original = io.read(model_path, **(read_options or {}))
+    check_output_path(output, inputs=original.meta.get("input_files", ()), force=True)
     x, probe = probes_for(original, calib)
     context = Context(progress=progress, inputs=x, probe=probe)
     if budget is None:
@@ -175,6 +176,7 @@ def convert_file(model_path, to, output=None, force=False, onnx_style="auto", op
     output = Path(output) if output else path.with_name(f"{path.stem}.{to}{CONVERT_TARGETS[to]}")
     check_output_path(output, inputs=[model_path], force=force)
     model = io.read(model_path, **(read_options or {}))
+    check_output_path(output, inputs=model.meta.get("input_files", ()), force=True)
     if to == "onnx":
         from .io import onnx_model
 

@@ -137,3 +137,15 @@ def test_sigkill_mid_write_leaves_the_old_output(tmp_path, output_format, suffix
     output.unlink()
     if kill_mid_write(command, tmp_path, output) is not None:  # no old output: none after
         assert not output.exists()
+
+
+@pytest.mark.parametrize("command", [["compress", "-t", "quant:bits=8", "--format", "same"],
+                                     ["convert", "--to", "onnx"]])
+def test_external_data_of_the_input_is_never_overwritten(tmp_path, command):
+    for name in ("onnx_external.onnx", "onnx_external.data"):
+        (tmp_path / name).write_bytes((ROOT / "fixtures" / name).read_bytes())
+    data = tmp_path / "onnx_external.data"
+    result = CliRunner().invoke(cli, [command[0], str(tmp_path / "onnx_external.onnx"),
+                                      *command[1:], "-o", str(data), "--force"])
+    assert result.exit_code == 1 and "refusing to overwrite the input file" in result.output
+    assert data.read_bytes() == (ROOT / "fixtures" / "onnx_external.data").read_bytes()

@@ -18,7 +18,14 @@ TEMPORARY_MARK = ".rnnshrink-tmp-"
 
 
 def check_output_path(output, inputs=(), force=False):
-    """Refuse to write over an input file, or over an existing file without ``force``."""
+    """Refuse to write over an input file (any spelling, symlink or hard link of it), or over
+    an existing file without ``force``.
+
+    Parameters
+    ----------
+    inputs : iterable of path-like
+        The files read: the model and, once it is read, its side files (ONNX external data).
+    """
     output = Path(output)
     for source in inputs:
         if Path(source).exists() and output.exists() and os.path.samefile(output, source):

@@ -6,7 +6,8 @@ evaluated with onnx's own reference evaluator. ONNX stores W ``[dirs, 4H, D]``, 
 ``[dirs, 4H, H]`` and B ``[dirs, 8H] = Wb || Rb`` in gate order i, o, f, c; the IR folds the
 bias as ``Wb + Rb`` (in float64, so a writer recovers ``Wb`` exactly) and keeps ``Rb`` in
 ``source``. Refused: ``input_forget=1``, non-zero peepholes, activations that differ between
-directions. External data is read only from files inside the model's own folder.
+directions. External data is read only from files inside the model's own folder, mapped
+rather than copied (:mod:`.onnx_external`).
 
 References
 ----------
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from ..errors import InputError
@@ -35,6 +36,7 @@ from ..model import (
     Tensor,
 )
 from .gates import to_canonical
+from .onnx_external import check_and_inline, inline_all, tensor_array
 
 # ONNX activation (lower case) -> (rnnshrink name, default alpha, default beta); None = unused.
 _ACTIVATIONS = {
@@ -61,7 +63,6 @@ _TIME_OPS = {"Slice", "Gather"}  # also crossed between the last LSTM and its he
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                "Multinomial", "Bernoulli"}
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-_NIBBLE_TYPES = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1}
 UNROLLED = ("no LSTM node in the graph (its recurrence may have been unrolled into MatMul/Gemm "
             "ops at export; rnnshrink reads ONNX LSTM nodes)")
 
@@ -71,10 +72,12 @@ def read(path, **options):
 
     Layers are the LSTM nodes in graph order, then the MatMul / Gemm reading the last LSTM
     (a DenseLayer when its weight is constant, else an OtherLayer). ``meta`` holds ``opset``,
-    ``ir_version`` and the loaded ``onnx_model`` (external data inlined) for the writer.
+    ``ir_version``, the loaded ``onnx_model`` (initializers' external data still external) and
+    ``onnx_path``, the file it came from, for the writers; ``input_files``: its external data
+    files, which no output may replace.
     """
     path = Path(path)
-    proto = _load(path)
+    proto, files = _load(path)
     graph = _Graph(proto.graph)
     walk = list(graph.walk())
     lstms = [(g, i, node) for g, i, node in walk if node.op_type == "LSTM" and not node.domain]
@@ -96,7 +99,8 @@ def read(path, **options):
     }
     producer = f"{proto.producer_name} {proto.producer_version}".strip() or "unknown"
     opset = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
-    meta = {"opset": opset, "ir_version": proto.ir_version, "onnx_model": proto}
+    meta = {"opset": opset, "ir_version": proto.ir_version, "onnx_model": proto,
+            "onnx_path": str(path), "input_files": files}
     return Model(layers, tensors, format="onnx", producer=producer, topology="known",
                  notes=reader.notes, meta=meta)
 
@@ -162,9 +166,10 @@ class _Reader:
                                          [t for _, t in inits.values()])
                 model = helper.make_model(fold, opset_imports=self.proto.opset_import,
                                           ir_version=self.proto.ir_version)
+                inline_all(self.path, model.graph.initializer)
                 value = ReferenceEvaluator(model).run(None, {})[0]
             else:
-                value = numpy_helper.to_array(inits[name][1])
+                value = tensor_array(self.path, inits[name][1])
         except Exception as error:  # the evaluator raises anything on malformed graphs
             raise InputError(self.path, f"cannot evaluate constant {name!r} ({error})") from None
         origin = {
@@ -393,10 +398,13 @@ def _is_float(data_type):
                          onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
-def pass_through(proto, path=""):
-    """A byte-exact pass-through Tensor; ml_dtypes arrays (bfloat16, ...) as raw unsigned bits."""
+def pass_through(proto, path):
+    """A byte-exact pass-through Tensor; ml_dtypes arrays (bfloat16, ...) as raw unsigned bits.
+
+    ``path`` is the model file (external data is read beside it).
+    """
     try:
-        data = numpy_helper.to_array(proto)
+        data = tensor_array(path, proto)
     except Exception as error:
         raise InputError(path, f"initializer {proto.name!r} is malformed ({error})") from None
     dtype = helper.tensor_dtype_to_np_dtype(proto.data_type).name
@@ -406,23 +414,16 @@ def pass_through(proto, path=""):
 
 
 def _load(path):
-    """Parse the protobuf, then inline external data read from inside the model's folder."""
+    """Parse the protobuf and check its external data (see :mod:`.onnx_external`)."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError, RuntimeWarning, ...
         raise InputError(path, f"not a readable ONNX model, truncated or corrupt ({error})") from None
     if not proto.graph.node:
         raise InputError(path, "not an ONNX model (no graph nodes; truncated or another format)")
-    external = [t for t in tensor_protos(proto.graph)
-                if t.data_location == onnx.TensorProto.EXTERNAL]
-    spans = [_external_span(path, tensor) for tensor in external]  # validate all before reading
-    for tensor, (file, offset, length) in zip(external, spans):
-        with open(file, "rb") as handle:
-            handle.seek(offset)
-            tensor.raw_data = handle.read(length)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-    return proto
+    initializers = [t for g in graphs(proto.graph) for t in g.initializer]
+    files = check_and_inline(path, proto, initializers, list(tensor_protos(proto.graph)))
+    return proto, files
 
 
 def subgraph(proto, address):
@@ -452,35 +453,3 @@ def tensor_protos(graph):
         for node in g.node:
             for attr in node.attribute:
                 yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-
-
-def _external_span(path, tensor):
-    """``(file, offset, length)`` of a tensor's external data, checked before anything is read."""
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    location = info.get("location", "")
-    where = f"tensor {tensor.name!r}: external data {location!r}"
-    if not isinstance(location, str) or "\0" in location:
-        raise InputError(path, f"{where} is not a file name (bytes that are not UTF-8, or NUL)")
-    folder = path.resolve().parent
-    if not location or Path(location).is_absolute() or location.startswith(("/", "\\")):
-        raise InputError(path, f"{where} is not a path relative to the model's folder; refused")
-    file = (folder / location).resolve()
-    if not file.is_relative_to(folder):
-        raise InputError(path, f"{where} points outside the model's folder; refused")
-    if not file.is_file():
-        raise InputError(path, f"{where}: no such file beside the model")
-    size = file.stat().st_size
-    try:
-        offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else size - offset
-        count = int(np.prod(tensor.dims, dtype=np.int64))
-        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (ValueError, KeyError, TypeError) as error:
-        raise InputError(path, f"{where}: malformed external data entry ({error})") from None
-    needed = (count + 1) // 2 if tensor.data_type in _NIBBLE_TYPES else count * itemsize
-    if offset < 0 or length < 0 or offset + length > size:
-        raise InputError(path, f"{where}: bytes {offset}..{offset + length} lie outside the "
-                               f"{size}-byte file")
-    if length != needed:
-        raise InputError(path, f"{where} holds {length} bytes, the tensor needs {needed}")
-    return file, offset, length
