@@ -1,6 +1,6 @@
 """Fuzzing the readers: mutated valid files give a Model or an InputError, nothing else.
 
-Each case takes a small valid file of one format (``_fuzzing.seeds``), damages it once or
+Each case takes a small valid file of one format (``_fuzz_seeds.seeds``), damages it once or
 twice (``_fuzzing.mutate``: byte edits, or structure-aware edits of the zip members, pickle,
 JSON header, protobuf fields or HDF5 objects), writes it beside the seed's side files and reads
 it with :func:`rnnshrink.read`. CI runs a bounded, reproducible number of cases per reader;
@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _fuzzing import READERS, case, check_read, seeds
+from _fuzz_seeds import seeds
+from _fuzzing import READERS, case, check_read
 
 BY_HAND = os.environ.get("RNNSHRINK_FUZZ_EXAMPLES")
 CASE_SECONDS = 30  # a case running longer than this counts as a hang

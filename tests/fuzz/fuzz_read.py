@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from _fuzzing import READERS, case, check_read, mutate, seeds  # noqa: E402
+from _fuzz_seeds import seeds  # noqa: E402
+from _fuzzing import READERS, case, check_read, mutate  # noqa: E402
 
 
 def _case_path(folder, name):
