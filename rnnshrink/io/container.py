@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..model import (
     Activation,
     Dense,
@@ -137,7 +137,7 @@ def read(path, **options):
                 producer=f"rnnshrink {f.attrs['rnnshrink_version']} from {f.attrs['source_producer']}",
                 topology=str(f.attrs["topology"]), notes=json.loads(f.attrs["notes"]), meta=meta,
             )
-    except (KeyError, ValueError, TypeError, OSError, RuntimeError) as error:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError, OptionError) as error:
         raise InputError(path, f"damaged rnnshrink container ({error})") from None
 
 

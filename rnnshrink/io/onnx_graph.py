@@ -421,9 +421,27 @@ def _load(path):
         raise InputError(path, f"not a readable ONNX model, truncated or corrupt ({error})") from None
     if not proto.graph.node:
         raise InputError(path, "not an ONNX model (no graph nodes; truncated or another format)")
+    if not _text_strings(proto):
+        raise InputError(path, "the model holds names or strings that are not UTF-8 text")
     initializers = [t for g in graphs(proto.graph) for t in g.initializer]
     files = check_and_inline(path, proto, initializers, list(tensor_protos(proto.graph)))
     return proto, files
+
+
+def _text_strings(message):
+    """Whether every string field of a protobuf message (recursively) holds text: protobuf
+    hands back bytes for a string field that is not valid UTF-8."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        items = [value] if isinstance(value, (str, bytes)) or hasattr(value, "ListFields") \
+            else value
+        if field.type == field.TYPE_STRING:
+            if not all(isinstance(item, str) for item in items):
+                return False
+        elif not all(_text_strings(item) for item in items):
+            return False
+    return True
 
 
 def subgraph(proto, address):

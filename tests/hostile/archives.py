@@ -190,6 +190,10 @@ def _direction_bytes(model):
     model.graph.node[0].attribute.append(helper.make_attribute("direction", b"\xff\xfe"))
 
 
+def _name_with_accent(model):
+    model.graph.node[0].name = "lstm_\u00e9"
+
+
 def _no_W(model):
     model.graph.node[0].input[1] = ""
 
@@ -210,7 +214,9 @@ ONNX = {  # name -> (build, problem)
     "external-climbing": (_onnx("sub/../../secret.bin"), "points outside the model's folder"),
     "external-symlink": (_onnx("link.bin", side=_symlink), "points outside the model's folder"),
     "external-nul": (_onnx("w\0.bin"), "not a file name"),
-    "external-not-utf8": (_onnx("w\u00e9.bin", bad_utf8=True), "not a file name"),
+    "external-not-utf8": (_onnx("w\u00e9.bin", bad_utf8=True), "not UTF-8 text"),
+    "name-not-utf8": (_onnx(None, mutate=_name_with_accent, bad_utf8=True),
+                      "names or strings that are not UTF-8 text"),
     "external-folder": (_onnx("sub", side=lambda f: (f / "sub").mkdir()), "no such file"),
     "external-range": (_onnx("w.bin", offset=150, side=_beside),
                        "lie outside the 200-byte file"),

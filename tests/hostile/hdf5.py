@@ -3,6 +3,7 @@ are not JSON, links and storage pointing into other files, sizes that lie, NaN /
 and rnnshrink containers that lie about their weights."""
 
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -121,6 +122,13 @@ def _weight_attr(key, value):
     return change
 
 
+def _activations(gate):
+    def change(f):
+        f["layers/0000"].attrs["activations"] = json.dumps([gate] + [
+            {"name": "tanh", "alpha": None, "beta": None}] * 2)
+    return change
+
+
 CONTAINER = {  # name -> (change, problem)
     "future-version": (lambda f: f.attrs.__setitem__("rnnshrink_format", 99),
                        "version 99 is not supported"),
@@ -134,6 +142,10 @@ CONTAINER = {  # name -> (change, problem)
         "damaged rnnshrink container"),
     "external-link": (lambda f: f.__setitem__("extra", h5py.ExternalLink("/etc/hostname", "/")),
                       "points into another file"),
+    "activation-alpha-text": (_activations({"name": "sigmoid", "alpha": "x", "beta": None}),
+                              "damaged rnnshrink container .*alpha and beta must be numbers"),
+    "activation-unknown": (_activations({"name": "magic", "alpha": None, "beta": None}),
+                           "damaged rnnshrink container .*unsupported activation 'magic'"),
 }
 
 
