@@ -129,13 +129,13 @@ def read(path, **options):
                 "source_format": str(f.attrs["source_format"]),
                 "source_file": str(f.attrs["source_file"]),
                 "source_sha256": str(f.attrs["source_sha256"]),
-                "recipe": json.loads(f.attrs["recipe"]),
-                "summary": json.loads(f.attrs["summary"]),
+                "recipe": _json(f.attrs["recipe"], list, str),
+                "summary": _json(f.attrs["summary"], dict),
             }
             return Model(
                 layers=layers, tensors=tensors, format="rnnshrink",
                 producer=f"rnnshrink {f.attrs['rnnshrink_version']} from {f.attrs['source_producer']}",
-                topology=str(f.attrs["topology"]), notes=json.loads(f.attrs["notes"]), meta=meta,
+                topology=str(f.attrs["topology"]), notes=_json(f.attrs["notes"], list, str), meta=meta,
             )
     except (KeyError, ValueError, TypeError, OSError, RuntimeError, OptionError) as error:
         raise InputError(path, f"damaged rnnshrink container ({error})") from None
@@ -167,7 +167,7 @@ def _write_layer(group, layer):
 
 def _read_layer(group):
     kind, name = str(group.attrs["kind"]), str(group.attrs["name"])
-    inputs, source = json.loads(group.attrs["inputs"]), _read_mapping(group["source"])
+    inputs, source = _json(group.attrs["inputs"], list, str, True), _read_mapping(group["source"])
     if kind == "lstm":
         gate, cell, hidden = (Activation(**a) for a in json.loads(group.attrs["activations"]))
         clip = float(group.attrs["clip"])
@@ -189,6 +189,16 @@ def _read_layer(group):
     if kind == "embedding":
         return EmbeddingLayer(name, group["table"][()], inputs=inputs, source=source)
     return OtherLayer(name, kind, inputs=inputs, source=source)
+
+
+def _json(text, kind, items=None, optional=False):
+    """A JSON attribute, checked to be a ``kind`` (of ``items``), or None when ``optional``."""
+    value = json.loads(text)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (items and not all(isinstance(v, items) for v in value)):
+        raise ValueError(f"attribute {str(text)[:40]!r} is not a JSON {kind.__name__}")
+    return value
 
 
 def _write_weight(group, weight):

@@ -62,8 +62,11 @@ def check_file(path, h5):
         if isinstance(link, h5py.ExternalLink):
             raise InputError(path, f"HDF5 link /{name} points into another file "
                                    f"({link.filename[:80]}); refused")
-        if isinstance(link, h5py.HardLink) and isinstance(h5.get(name), h5py.Dataset):
-            check_dataset(path, h5[name])
+        target = h5.get(name)
+        if target is None:
+            raise InputError(path, f"HDF5 link /{name} points to nothing")
+        if isinstance(link, h5py.HardLink) and isinstance(target, h5py.Dataset):
+            check_dataset(path, target)
 
 
 def link_names(group):
