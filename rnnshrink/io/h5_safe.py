@@ -54,14 +54,16 @@ def open_h5(path, target=None):
 def check_file(path, h5):
     """Refuse external links anywhere in ``h5``, and any dataset :func:`check_dataset` refuses.
 
-    The names are collected first and the objects opened afterwards: h5py turns an exception
-    raised inside a visit callback into a SystemError.
+    Every link is looked at before any soft link is followed (one could lead through an
+    external link). The names are collected first and the objects opened afterwards: h5py
+    turns an exception raised inside a visit callback into a SystemError.
     """
-    for name in link_names(h5):
-        link = h5.get(name, getlink=True)
+    links = {name: h5.get(name, getlink=True) for name in link_names(h5)}
+    for name, link in links.items():  # all of them before following any soft link
         if isinstance(link, h5py.ExternalLink):
             raise InputError(path, f"HDF5 link /{name} points into another file "
                                    f"({link.filename[:80]}); refused")
+    for name, link in links.items():
         target = h5.get(name)
         if target is None:
             raise InputError(path, f"HDF5 link /{name} points to nothing")

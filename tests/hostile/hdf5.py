@@ -53,6 +53,13 @@ def _external_link(f, folder):
     f["model_weights/lstm/lstm/lstm_cell/extra"] = h5py.ExternalLink("../other.h5", "/")
 
 
+def _soft_through_external(f, folder):
+    """A soft link listed before the external link it leads through."""
+    (folder.parent / "other.h5").write_bytes((FIXTURES / "keras2_cudnn.h5").read_bytes())
+    f["model_weights/aaa"] = h5py.SoftLink("/zzz/model_weights")
+    f["zzz"] = h5py.ExternalLink("../other.h5", "/")
+
+
 def _external_storage(f, folder):
     (folder.parent / "secret.bin").write_bytes(bytes(16 * 512 * 4))
     del f[KERNEL]
@@ -82,6 +89,7 @@ KERAS = {  # name -> (change, problem, nonfinite)
     "config-layers-string": (_attr("model_config", '{"class_name": "Functional", "config": '
                                                    '{"layers": "lstm"}}'), "unreadable Keras file"),
     "external-link": (_external_link, r"link .* points into another file \(\.\./other\.h5\)"),
+    "soft-through-external": (_soft_through_external, r"link /zzz points into another file"),
     "external-storage": (_external_storage, "keeps its data in external files"),
     "virtual-dataset": (_virtual, "is virtual"),
     "size-lies": (lambda f, _: f.create_dataset("model_weights/lstm/lstm/lstm_cell/huge",
