@@ -6,7 +6,8 @@ dataset maps regions of other files. And a dataset's shape is only a claim: a ch
 of shape (10^6, 10^6) whose chunks were never written takes a few hundred bytes on disk and
 ``dataset[()]`` would allocate 4 TB of fill values. :func:`open_h5` refuses all of these before
 the caller reads anything: every link and every dataset of the file is checked once, on
-metadata only. A dataset without filters must store all its bytes; one with filters
+metadata only. And libhdf5 itself loops forever on a global heap whose free-space object has
+size 0: the heaps are walked here first. A dataset without filters must store all its bytes; one with filters
 (compression) at most :data:`MAX_RATIO` times fewer (deflate's own limit is about 1032:1).
 
 References
@@ -22,6 +23,7 @@ import h5py
 from ..errors import InputError
 
 MAX_RATIO = 1100
+_GCOL_MIN = 4096  # libhdf5's smallest global heap collection
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)  # what h5py raises on damage
 
 
@@ -39,6 +41,12 @@ def open_h5(path, target=None):
     InputError
         Not HDF5, damaged, or pointing outside itself or claiming more than it stores.
     """
+    if target is None:
+        with open(path, "rb") as f:
+            check_global_heaps(path, f)
+    else:
+        check_global_heaps(path, target)
+        target.seek(0)
     try:
         h5 = h5py.File(path if target is None else target, "r")
     except H5_ERRORS as error:
@@ -49,6 +57,39 @@ def open_h5(path, target=None):
         except H5_ERRORS as error:
             raise InputError(path, f"truncated or corrupt HDF5 file ({error})") from None
         yield h5
+
+
+def check_global_heaps(path, f, chunk=1 << 24):
+    """Refuse a global heap collection (where variable-length strings live) that libhdf5 would
+    walk forever: an object whose size does not move the walk forward or reaches past the
+    collection. Collections are found by their header: ``GCOL``, version 1, three zero bytes,
+    a size of at least 4096 bytes that fits in the file."""
+    size = f.seek(0, 2)
+    start = 0
+    while start < size:
+        f.seek(start)
+        block = f.read(chunk + 15)
+        at = block.find(b"GCOL\x01\x00\x00\x00")
+        while at != -1:
+            length = int.from_bytes(block[at + 8:at + 16], "little")
+            if len(block) >= at + 16 and _GCOL_MIN <= length <= size - start - at:
+                f.seek(start + at)
+                _walk_heap(path, f.read(length), start + at)
+            at = block.find(b"GCOL\x01\x00\x00\x00", at + 1)
+        start += chunk
+
+
+def _walk_heap(path, heap, offset):
+    """The object walk of libhdf5's ``H5HG__cache_heap_deserialize``, checked step by step."""
+    p = 16
+    while p + 16 <= len(heap):
+        index = int.from_bytes(heap[p:p + 2], "little")
+        length = int.from_bytes(heap[p + 8:p + 16], "little")
+        step = (length if index == 0 else 16 + ((length + 7) & ~7)) % 2**64
+        if step == 0 or step > len(heap) - p:
+            raise InputError(path, f"HDF5 global heap at byte {offset} is damaged (object "
+                                   f"{index} of {length} bytes); refused")
+        p += step
 
 
 def check_file(path, h5):

@@ -212,10 +212,11 @@ class _Reader:
         hidden = attrs.get("hidden_size", W.shape[1] // 4)
         shapes = {"W": (dirs, 4 * hidden, W.shape[2]), "R": (dirs, 4 * hidden, hidden),
                   "B": (dirs, 8 * hidden)}
-        for role, array in (("W", W), ("R", R), ("B", found["B"] and found["B"][0])):
+        B = found["B"][0] if found["B"] else None
+        for role, array in (("W", W), ("R", R), ("B", B)):  # before a default B is allocated
             if array is not None and array.shape != shapes[role]:
                 self.fail(label, f"{role} has shape {array.shape}, expected {shapes[role]}")
-        B = found["B"][0] if found["B"] else np.zeros((dirs, 8 * hidden), W.dtype)
+        B = np.zeros((dirs, 8 * hidden), W.dtype) if B is None else B
         if inputs[4]:
             self.notes.append(f"{label}: sequence_lens ignored (full-length sequences are run)")
         activations = self.activations(label, attrs, dirs)

@@ -7,7 +7,8 @@ anything else a finding.
 
 * ``--runs N`` (no atheris needed): N random cases; every distinct finding (exception type
   and the line that raised it) is printed once and its file saved under ``--out``; the exit
-  status is the number of distinct findings (0: none).
+  status is the number of distinct findings (0: none). ``OUT/FORMAT.current`` names the case
+  being read, so a hang (a read that never returns) can be reproduced by its number.
 * ``--atheris [libFuzzer flags]``: coverage-guided with atheris (``pip install atheris``),
   libFuzzer mutating the seeds and, half the time, the structure-aware mutators as its custom
   mutator; e.g. ``--atheris -atheris_runs=10000``.
@@ -37,6 +38,7 @@ def run_random(fmt, runs, out, seed):
     """``runs`` random cases; returns the distinct findings ``{signature: file}``."""
     rng = random.Random(seed)
     folder = tempfile.mkdtemp(prefix=f"fuzz-{fmt}-")
+    progress = open(Path(out) / f"{fmt}.current", "w")
     found = seeds(fmt, folder)
     findings, start = {}, time.time()
     for count in range(1, runs + 1):
@@ -44,6 +46,7 @@ def run_random(fmt, runs, out, seed):
         name, data = case(fmt, found, case_seed)
         path = _case_path(folder, name)
         path.write_bytes(data)
+        print(f"case {case_seed}", file=progress, flush=True)  # the last line names a hang
         try:
             check_read(path)
         except Exception as error:  # noqa: BLE001 - a finding is any exception but InputError

@@ -162,6 +162,19 @@ CONTAINER = {  # name -> (change, problem)
 }
 
 
+def _heap_loop(folder):
+    """The small container with its global heap's free-space object set to size 0: libhdf5
+    walks such a heap forever (variable-length strings, every attribute here, live in it)."""
+    path = folder / "m.h5"
+    path.write_bytes(_small_container(folder.parent.parent))
+    raw = bytearray(path.read_bytes())
+    p = raw.index(b"GCOL\x01\x00\x00\x00") + 16
+    while int.from_bytes(raw[p:p + 2], "little") != 0:  # to the free-space object, index 0
+        p += 16 + ((int.from_bytes(raw[p + 8:p + 16], "little") + 7) & ~7)
+    raw[p + 8:p + 16] = bytes(8)
+    path.write_bytes(bytes(raw))
+
+
 def _container_nan(f):
     steps = f["layers/0000/d0/W/steps"]
     values = steps[()]
@@ -177,6 +190,8 @@ def _entries():
                     "has NaN or Inf in (W|R)", nonfinite=True)
     for name, (change, problem) in CONTAINER.items():
         yield Entry("hdf5-container", name, "m.h5", _container(change), problem)
+    yield Entry("hdf5-container", "global-heap-loop", "m.h5", _heap_loop,
+                r"HDF5 global heap at byte \d+ is damaged \(object 0 of 0 bytes\)")
     yield Entry("nonfinite", "container-steps-nan", "m.h5", _container(_container_nan),
                 "has NaN or Inf in W", nonfinite=True)
 
