@@ -56,9 +56,24 @@ def test_mutated_files_read_or_raise_input_error(seed_files, fmt):
 # the hash tells whether the mutators still make the same file here. Findings that could be
 # built by hand are in the hostile corpus instead.
 FINDINGS = [
-    ("keras-h5", 1826695561513825908, "c7a583aab030db47c41df86936709983f9d1beb9775484a2114598ff8c76bde4"),  # a visit callback's error became SystemError
-    ("keras-h5", 12989517188679636349, "45255f8bcfd8f5fe35e69c5a9cfa8d93861c326881d11e2c7ffa168cccce331c"),  # KeyError from h5py while sniffing
-    ("onnx", 7266922204319635221, "2d51d49b8c0af8d9976432022b6115ecaf2f088801494458322c3f77093b8d01"),  # hidden_size 2^35: a zero B of 128 GB
+    ("keras-h5", 1826695561513825908,  # a visit callback's error became SystemError
+     "c7a583aab030db47c41df86936709983f9d1beb9775484a2114598ff8c76bde4"),
+    ("keras-h5", 12989517188679636349,  # KeyError from h5py while sniffing
+     "45255f8bcfd8f5fe35e69c5a9cfa8d93861c326881d11e2c7ffa168cccce331c"),
+    ("onnx", 7266922204319635221,  # hidden_size 2^35: a zero B of 128 GB
+     "2d51d49b8c0af8d9976432022b6115ecaf2f088801494458322c3f77093b8d01"),
+    ("onnx", 10162388575413506621,  # a node name that is not UTF-8 came back as bytes
+     "4a9caf473395a594f26604cb542881a6e55ae0a3d01d52113429fc9dcb616b73"),
+    ("rnnshrink", 2517978597327212383,  # activation alpha stored as text
+     "737db21eb0a51c22c19264bed05a1c7244e6c2a957e61d66882206c2262ebb58"),
+    ("rnnshrink", 7246923204356230304,  # bias dtype not a dtype
+     "f66b7688508cdb7aa4823930e9099bb3f9f2cbb4d8ac23de60f436f8b709ff8e"),
+    ("rnnshrink", 13117616670247988061,  # a soft link to nothing
+     "1d485a925b951018fc9d1d56d82689df8323d475a0834e445c13bd5f6ebf044d"),
+    ("rnnshrink", 1130228346010557339,  # notes not a JSON list
+     "9f70b1ff991f5bb893ba384b461f882182bc85e2a40a778b163f0d77eefb457f"),
+    ("rnnshrink", 7349076768170520033,  # unknown activation raised OptionError
+     "f6398394301bc37754fb88e26c679f6b07f593091ceb085d37c216fe9bad25d4"),
 ]
 
 
