@@ -139,6 +139,8 @@ def sweep_file(model_path, output, plot_output=None, calib=None, force=False, pr
     for path in [output] + ([plot_output] if plot_output else []):
         check_output_path(path, inputs=[model_path], force=force)
     model = io.read(model_path, **(read_options or {}))
+    for path in [output] + ([plot_output] if plot_output else []):
+        check_output_path(path, inputs=model.meta.get("input_files", ()), force=True)
     x, probe = probes_for(model, calib)
     rows, skipped = sweep.sweep(model, x, context=Context(progress=progress, inputs=x, probe=probe))
     sweep.write_csv(rows, output)
