@@ -60,6 +60,8 @@ FINDINGS = [
      "c7a583aab030db47c41df86936709983f9d1beb9775484a2114598ff8c76bde4"),
     ("keras-h5", 12989517188679636349,  # KeyError from h5py while sniffing
      "45255f8bcfd8f5fe35e69c5a9cfa8d93861c326881d11e2c7ffa168cccce331c"),
+    ("keras-h5", 14119031716554708373,  # libhdf5 crashed on a damaged string type
+     "1132a095e514f6321f2b1479331d5bbef4483d8d51440c338aa599970ea240eb"),
     ("onnx", 7266922204319635221,  # hidden_size 2^35: a zero B of 128 GB
      "2d51d49b8c0af8d9976432022b6115ecaf2f088801494458322c3f77093b8d01"),
     ("onnx", 10162388575413506621,  # a node name that is not UTF-8 came back as bytes

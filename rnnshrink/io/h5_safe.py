@@ -7,7 +7,9 @@ of shape (10^6, 10^6) whose chunks were never written takes a few hundred bytes 
 ``dataset[()]`` would allocate 4 TB of fill values. :func:`open_h5` refuses all of these before
 the caller reads anything: every link and every dataset of the file is checked once, on
 metadata only. And libhdf5 itself loops forever on a global heap whose free-space object has
-size 0: the heaps are walked here first. A dataset without filters must store all its bytes; one with filters
+size 0, and crashes reading a damaged variable-length sequence type: the heaps are walked
+here first, and every attribute and dataset must be of a plain type (numbers, booleans,
+strings). A dataset without filters must store all its bytes; one with filters
 (compression) at most :data:`MAX_RATIO` times fewer (deflate's own limit is about 1032:1).
 
 References
@@ -24,6 +26,13 @@ from ..errors import InputError
 
 MAX_RATIO = 1100
 _GCOL_MIN = 4096  # libhdf5's smallest global heap collection
+# numbers, strings (fixed or variable length) and h5py's booleans (an enum): what Keras and
+# rnnshrink store; libhdf5 can crash reading a damaged variable-length sequence type
+_PLAIN_TYPES = (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.STRING, h5py.h5t.ENUM)
+_CLASSES = {h5py.h5t.TIME: "time", h5py.h5t.BITFIELD: "bitfield", h5py.h5t.OPAQUE: "opaque",
+            h5py.h5t.COMPOUND: "compound (complex numbers, records)",
+            h5py.h5t.REFERENCE: "reference", h5py.h5t.VLEN: "variable-length sequence",
+            h5py.h5t.ARRAY: "array"}
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)  # what h5py raises on damage
 
 
@@ -59,7 +68,7 @@ def open_h5(path, target=None):
         yield h5
 
 
-def check_global_heaps(path, f, chunk=1 << 24):
+def check_global_heaps(path, f, chunk=1 << 20):
     """Refuse a global heap collection (where variable-length strings live) that libhdf5 would
     walk forever: an object whose size does not move the walk forward or reaches past the
     collection. Collections are found by their header: ``GCOL``, version 1, three zero bytes,
@@ -104,12 +113,15 @@ def check_file(path, h5):
         if isinstance(link, h5py.ExternalLink):
             raise InputError(path, f"HDF5 link /{name} points into another file "
                                    f"({link.filename[:80]}); refused")
+    _check_attribute_types(path, h5)
     for name, link in links.items():
         target = h5.get(name)
         if target is None:
             raise InputError(path, f"HDF5 link /{name} points to nothing")
-        if isinstance(link, h5py.HardLink) and isinstance(target, h5py.Dataset):
-            check_dataset(path, target)
+        if isinstance(link, h5py.HardLink):
+            _check_attribute_types(path, target)
+            if isinstance(target, h5py.Dataset):
+                check_dataset(path, target)
 
 
 def link_names(group):
@@ -119,9 +131,22 @@ def link_names(group):
     return names
 
 
+def _check_attribute_types(path, item):
+    for key in item.attrs:
+        kind = item.attrs.get_id(key).get_type().get_class()
+        if kind not in _PLAIN_TYPES:
+            raise InputError(path, f"HDF5 attribute {key!r} of {item.name} is of type "
+                                   f"{_CLASSES.get(kind, kind)}, which rnnshrink does not read")
+
+
 def check_dataset(path, dataset):
-    """Refuse a dataset stored outside the file, or claiming more bytes than the file holds."""
+    """Refuse a dataset stored outside the file, claiming more bytes than the file holds, or of
+    a type other than numbers, booleans and strings."""
     name = dataset.name
+    kind = dataset.id.get_type().get_class()
+    if kind not in _PLAIN_TYPES:
+        raise InputError(path, f"HDF5 dataset {name} is of type {_CLASSES.get(kind, kind)}, "
+                               "which rnnshrink does not read")
     if dataset.is_virtual:
         raise InputError(path, f"HDF5 dataset {name} is virtual (mapped from other files); refused")
     if dataset.external:

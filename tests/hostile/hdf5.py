@@ -77,11 +77,22 @@ def _virtual(f, folder):
     f.create_virtual_dataset(KERNEL, layout)
 
 
+def _vlen_type_damaged(folder):
+    """A Keras 3 file whose weight_names attribute type says variable-length sequence of type
+    15 (neither sequence nor string): libhdf5 crashes reading it."""
+    path = folder / "m.h5"
+    raw = bytearray((FIXTURES / "keras3_bidir_hardsig.h5").read_bytes())
+    at = raw.index(b"weight_names\x00\x00\x00\x00\x19\x01\x00\x00") + 17  # type bit field
+    raw[at] = 0xFF
+    path.write_bytes(bytes(raw))
+
+
 KERAS = {  # name -> (change, problem, nonfinite)
     "missing-kernel": (lambda f, _: f.__delitem__(KERNEL), "listed in weight_names is missing"),
     "kernel-shape": (_replace(KERNEL, np.zeros((16, 508), np.float32)), "do not match"),
     "kernel-int": (_replace(KERNEL, np.zeros((16, 512), np.int32)), "has dtype int32"),
-    "kernel-complex": (_replace(KERNEL, np.zeros((16, 512), np.complex64)), "has dtype complex64"),
+    "kernel-complex": (_replace(KERNEL, np.zeros((16, 512), np.complex64)),
+                       "kernel:0 is of type compound .*, which rnnshrink does not read"),
     "kernel-string": (_replace(KERNEL, np.full((16, 512), b"x")), "has dtype"),
     "kernel-scalar": (_replace(KERNEL, np.float32(1)), "do not match"),
     "config-not-json": (_attr("model_config", "{not json"), "unreadable Keras file"),
@@ -185,6 +196,8 @@ def _container_nan(f):
 def _entries():
     for name, (change, problem) in KERAS.items():
         yield Entry("hdf5-keras", name, "m.h5", _keras(change), problem)
+    yield Entry("hdf5-keras", "vlen-type-damaged", "m.h5", _vlen_type_damaged,
+                "attribute 'weight_names' of .* is of type variable-length sequence")
     for name, change in NONFINITE.items():
         yield Entry("nonfinite", f"keras-{name}", "m.h5", _keras(change),
                     "has NaN or Inf in (W|R)", nonfinite=True)
