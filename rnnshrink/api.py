@@ -103,6 +103,7 @@ def compress_file(model_path, steps, output=None, output_format="rnnshrink", cal
     if recipe_output:
         check_output_path(recipe_output, inputs=[model_path, output], force=force)
     original = io.read(model_path, **(read_options or {}))
+    check_output_path(output, inputs=original.meta.get("input_files", ()), force=True)
     x, probe = probes_for(original, calib)
     context = Context(progress=progress, inputs=x, probe=probe)
     if budget is None:
@@ -163,6 +164,8 @@ def sweep_file(model_path, output, plot_output=None, calib=None, force=False, pr
     for path in [output] + ([plot_output] if plot_output else []):
         check_output_path(path, inputs=[model_path], force=force)
     model = io.read(model_path, **(read_options or {}))
+    for path in [output] + ([plot_output] if plot_output else []):
+        check_output_path(path, inputs=model.meta.get("input_files", ()), force=True)
     x, probe = probes_for(model, calib)
     rows, skipped = sweep.sweep(model, x, context=Context(progress=progress, inputs=x, probe=probe))
     sweep.write_csv(rows, output)
@@ -200,6 +203,7 @@ def convert_file(model_path, to, output=None, force=False, onnx_style="auto", op
     output = Path(output) if output else path.with_name(f"{path.stem}.{to}{CONVERT_TARGETS[to]}")
     check_output_path(output, inputs=[model_path], force=force)
     model = io.read(model_path, **(read_options or {}))
+    check_output_path(output, inputs=model.meta.get("input_files", ()), force=True)
     if to == "onnx":
         from .io import onnx_model
 

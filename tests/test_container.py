@@ -113,14 +113,6 @@ def test_damaged_container_is_refused(tmp_path):
         read(path)
 
 
-def test_future_version_is_refused(tmp_path):
-    path = tmp_path / "new.h5"
-    with h5py.File(path, "w") as f:
-        f.attrs["rnnshrink_format"] = 99
-    with pytest.raises(InputError, match="version 99 is not supported"):
-        read(path)
-
-
 @pytest.mark.parametrize("variant", SLIM_VARIANTS)
 def test_slim_variants_round_trip_storing_only_their_parameters(tmp_path, variant):
     model = stack_model(sizes=(6, 8, 8), directions=(1, 2), gate=HARD_SIGMOID_KERAS2)

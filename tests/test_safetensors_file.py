@@ -1,13 +1,13 @@
-"""The safetensors reader and writer: fixtures, byte-exact round trips checked by the
-``safetensors`` package, and headers that lie refused before anything is allocated."""
+"""The safetensors reader and writer: fixtures, and byte-exact round trips checked by the
+``safetensors`` package. Headers that lie are in the hostile corpus (``tests/hostile/``)."""
 
 import json
 import struct
-import tracemalloc
 
 import numpy as np
 import pytest
 
+from hostile.archives import LSTM_HEADER
 from rnnshrink.errors import InputError, OptionError
 from rnnshrink.io import read, safetensors_file, torch_checkpoint
 from rnnshrink.model import Tensor
@@ -101,16 +101,6 @@ def raw_file(path, header, data=b"", length=None):
     return path
 
 
-LSTM_HEADER = {
-    "weight_ih_l0": {"dtype": "F32", "shape": [8, 3], "data_offsets": [0, 96]},
-    "weight_hh_l0": {"dtype": "F32", "shape": [8, 2], "data_offsets": [96, 160]},
-}
-
-
-def with_entry(**entry):
-    return {**LSTM_HEADER, "weight_hh_l0": {**LSTM_HEADER["weight_hh_l0"], **entry}}
-
-
 def test_handmade_file_reads(tmp_path):
     model = read(raw_file(tmp_path / "ok.safetensors", LSTM_HEADER, bytes(160)))
     assert model.lstm_layers[0].hidden_size == 2 and model.producer == "unknown"
@@ -123,35 +113,6 @@ def test_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
     assert model.format == "safetensors"
 
 
-@pytest.mark.parametrize("header,data,length,message", [
-    (LSTM_HEADER, bytes(160), 10**12, "header claims 1000000000000 bytes"),
-    (b"{not json", b"", None, "not JSON"),
-    (b"[1, 2]", b"", None, "not a JSON object"),
-    ({**LSTM_HEADER, "__metadata__": {"a": 1}}, bytes(160), None, "__metadata__ must map strings"),
-    (with_entry(dtype="F128"), bytes(160), None, "unsupported dtype F128"),
-    (with_entry(data_offsets=[96, 10**15]), bytes(160), None, "needs 64 bytes"),
-    (with_entry(data_offsets=[80, 144]), bytes(160), None, "overlaps the tensor before it"),
-    (with_entry(data_offsets=[100, 164]), bytes(164), None, "leaves a gap before it"),
-    (with_entry(data_offsets=[96, 160]), bytes(150), None, "cover 160 bytes, the data holds 150"),
-    (with_entry(data_offsets=[96, 160]), bytes(170), None, "cover 160 bytes, the data holds 170"),
-    (with_entry(shape=[2**40, 2**40]), bytes(160), None, "needs 4835703278458516698824704 bytes"),
-    (with_entry(shape=[8, -2]), bytes(160), None, "invalid"),
-    (with_entry(shape="8x2"), bytes(160), None, "invalid"),
-    (with_entry(data_offsets=[96]), bytes(160), None, "invalid"),
-    (with_entry(data_offsets=[96.0, 160]), bytes(160), None, "invalid"),
-])
-def test_headers_that_lie_are_refused_without_allocating(tmp_path, header, data, length, message):
-    path = raw_file(tmp_path / "bad.safetensors", header, data, length)
-    tracemalloc.start()
-    try:
-        with pytest.raises(InputError, match=message):
-            safetensors_file.read(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 1_000_000
-
-
 @pytest.mark.parametrize("cut", [3, 8, 20])
 def test_truncated_file_is_refused(tmp_path, cut):
     raw = raw_file(tmp_path / "ok.safetensors", LSTM_HEADER, bytes(160)).read_bytes()
@@ -159,14 +120,6 @@ def test_truncated_file_is_refused(tmp_path, cut):
     path.write_bytes(raw[:cut] if cut < 9 else raw[:-cut])
     with pytest.raises(InputError):
         safetensors_file.read(path)
-
-
-def test_truncated_fixture_is_refused(tmp_path):
-    raw = fixture("charlm.safetensors").read_bytes()
-    path = tmp_path / "cut.safetensors"
-    path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(InputError, match="the data holds"):
-        read(path)
 
 
 def test_writer_refuses_dtypes_safetensors_lacks(tmp_path):

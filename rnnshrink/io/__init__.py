@@ -4,12 +4,12 @@ Use :func:`read`; it recognises the format from the file's first bytes, not its 
 """
 
 import importlib
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
+from ..model import Dense
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -70,11 +70,10 @@ def sniff(path):
 
 
 def _sniff_zip(path):
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as error:
-        raise InputError(path, f"truncated or corrupt zip archive ({error})") from None
+    from .zip_archive import Archive
+
+    with Archive(path) as archive:
+        names = archive.names
     if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
         return "keras-zip"
     if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
@@ -113,10 +112,11 @@ def read(path, allow_nonfinite=False, **options):
 def _refuse_nonfinite(model):
     for layer in model.lstm_layers:
         for k, direction in enumerate(layer.directions):
-            arrays = {name: w.materialize() for name, w in direction.matrices.items()}
+            arrays = {name: w.values if isinstance(w, Dense) else w.materialize()
+                      for name, w in direction.matrices.items()}  # Dense: no float64 copy
             arrays["b"] = direction.b
             for role, values in arrays.items():
-                if not np.all(np.isfinite(values)):
+                if not np.isfinite(values).all():
                     raise InputError(
                         model.path,
                         f"layer {layer.name} direction {k} has NaN or Inf in {role} "

@@ -1,7 +1,10 @@
 """Atomic output: write to a temporary file beside the target, rename into place on success.
 
 An error or an interrupt leaves no partial file, and an existing output stays as it was until
-the new one is complete.
+the new one is complete: the data is flushed to disk (``fsync``) before the rename, which
+replaces the old file in one step. A process killed outright (SIGKILL, power loss) cannot
+remove its temporary file; it is named ``.<output name>.rnnshrink-tmp-<random>`` (see
+:data:`TEMPORARY_MARK`) in the output's folder and is safe to delete.
 """
 
 import contextlib
@@ -11,9 +14,18 @@ from pathlib import Path
 
 from ..errors import OptionError
 
+TEMPORARY_MARK = ".rnnshrink-tmp-"
+
 
 def check_output_path(output, inputs=(), force=False):
-    """Refuse to write over an input file, or over an existing file without ``force``."""
+    """Refuse to write over an input file (any spelling, symlink or hard link of it), or over
+    an existing file without ``force``.
+
+    Parameters
+    ----------
+    inputs : iterable of path-like
+        The files read: the model and, once it is read, its side files (ONNX external data).
+    """
     output = Path(output)
     for source in inputs:
         if Path(source).exists() and output.exists() and os.path.samefile(output, source):
@@ -34,13 +46,16 @@ def atomic_path(output):
     ...     write_file(tmp)
     """
     output = Path(output)
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}{TEMPORARY_MARK}",
+                                         dir=output.parent)
     os.close(handle)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
     try:
         yield Path(temporary)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, output)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -28,13 +28,14 @@ else version 1.
 
 import hashlib
 import json
+import os
 
 import h5py
 import numpy as np
 
 from .. import __version__
 from ..coding import CodedMatrix, unpack_bytes
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..model import (
     Activation,
     Dense,
@@ -57,10 +58,12 @@ from ..model.weights import (
     to_bfloat16_bits,
 )
 from .atomic import atomic_path
+from .h5_safe import H5_ERRORS, open_h5
 
 FORMAT_VERSION = 2  # written only for files holding a ``coded`` weight; else 1
 VERSIONS = (1, 2)
 _CODED_PARTS = ("header", "side", "escapes", "stream")
+MAX_ENTRIES_PER_BYTE = 1024  # a weight may stand for at most this many entries per file byte
 _WIDTHS = {1: np.uint8, 2: np.uint16, 4: np.uint32}
 
 
@@ -69,7 +72,7 @@ def is_container(path):
     try:
         with h5py.File(path, "r") as f:
             return "rnnshrink_format" in f.attrs
-    except OSError:
+    except H5_ERRORS:  # not HDF5, or damaged: the Keras reader says what is wrong
         return False
 
 
@@ -123,7 +126,7 @@ def write(model, output, recipe=(), summary=None, source_sha256=""):
 def read(path, **options):
     """Read a container file back into a :class:`Model` (format ``"rnnshrink"``)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             version = int(f.attrs["rnnshrink_format"])
             if version not in VERSIONS:
                 raise InputError(path, f"rnnshrink format version {version} is not supported "
@@ -138,15 +141,15 @@ def read(path, **options):
                 "source_format": str(f.attrs["source_format"]),
                 "source_file": str(f.attrs["source_file"]),
                 "source_sha256": str(f.attrs["source_sha256"]),
-                "recipe": json.loads(f.attrs["recipe"]),
-                "summary": json.loads(f.attrs["summary"]),
+                "recipe": _json(f.attrs["recipe"], list, str),
+                "summary": _json(f.attrs["summary"], dict),
             }
             return Model(
                 layers=layers, tensors=tensors, format="rnnshrink",
                 producer=f"rnnshrink {f.attrs['rnnshrink_version']} from {f.attrs['source_producer']}",
-                topology=str(f.attrs["topology"]), notes=json.loads(f.attrs["notes"]), meta=meta,
+                topology=str(f.attrs["topology"]), notes=_json(f.attrs["notes"], list, str), meta=meta,
             )
-    except (KeyError, ValueError, TypeError, OSError) as error:
+    except (KeyError, ValueError, TypeError, OSError, RuntimeError, OptionError) as error:
         raise InputError(path, f"damaged rnnshrink container ({error})") from None
 
 
@@ -179,7 +182,7 @@ def _write_layer(group, layer):
 
 def _read_layer(group):
     kind, name = str(group.attrs["kind"]), str(group.attrs["name"])
-    inputs, source = json.loads(group.attrs["inputs"]), _read_mapping(group["source"])
+    inputs, source = _json(group.attrs["inputs"], list, str, True), _read_mapping(group["source"])
     if kind == "lstm":
         gate, cell, hidden = (Activation(**a) for a in json.loads(group.attrs["activations"]))
         clip = float(group.attrs["clip"])
@@ -204,6 +207,16 @@ def _read_layer(group):
     if kind == "embedding":
         return EmbeddingLayer(name, group["table"][()], inputs=inputs, source=source)
     return OtherLayer(name, kind, inputs=inputs, source=source)
+
+
+def _json(text, kind, items=None, optional=False):
+    """A JSON attribute, checked to be a ``kind`` (of ``items``), or None when ``optional``."""
+    value = json.loads(text)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (items and not all(isinstance(v, items) for v in value)):
+        raise ValueError(f"attribute {str(text)[:40]!r} is not a JSON {kind.__name__}")
+    return value
 
 
 def _write_weight(group, weight):
@@ -247,9 +260,10 @@ def _write_weight(group, weight):
 
 
 def _read_weight(group):
-    kind, shape = str(group.attrs["kind"]), tuple(int(n) for n in group.attrs["shape"])
+    kind, shape = str(group.attrs["kind"]), _weight_shape(group)
     if kind == "dense":
         dtype = str(group.attrs["stored_dtype"])
+        _expect(group["values"], shape)
         return Dense(_from_stored(group["values"][()], dtype), stored_dtype=dtype)
     if kind == "lowrank":
         return LowRank(_read_weight(group["U"]), _read_weight(group["V"]))
@@ -258,8 +272,11 @@ def _read_weight(group):
         return Sparse(_read_mask(group, shape), _from_stored(group["values"][()], dtype), dtype)
     if kind == "quantized":
         bits, group_size = int(group.attrs["bits"]), int(group.attrs["group"]) or None
+        if not 2 <= bits <= 8:
+            raise ValueError(f"{group.name}: bits {bits} outside [2, 8]")
         mask = _read_mask(group, shape) if "indptr" in group or "bitmask" in group else None
         count = int(np.prod(shape)) if mask is None else int(np.count_nonzero(mask))
+        _expect(group["codes"], (-(-count * bits // 8),))
         kept = unpack_codes(group["codes"][()], bits, count)
         codes = kept.reshape(shape) if mask is None else np.zeros(shape, np.int8)
         if mask is not None:
@@ -293,11 +310,31 @@ def _write_mask(group, mask):
     group.create_dataset("indices", data=np.nonzero(mask)[1].astype(_WIDTHS[width]))
 
 
+def _weight_shape(group):
+    """A weight's ``shape`` attribute, checked: two counts, at most :data:`MAX_ENTRIES_PER_BYTE`
+    entries per byte of the file (the arrays it implies are allocated only after this)."""
+    shape = tuple(int(n) for n in group.attrs["shape"])
+    limit = MAX_ENTRIES_PER_BYTE * max(os.path.getsize(group.file.filename), 1)
+    if len(shape) != 2 or min(shape) < 0 or shape[0] * shape[1] > limit:
+        raise ValueError(f"{group.name}: shape {shape} is not a matrix this file can hold")
+    return shape
+
+
+def _expect(dataset, shape):
+    if dataset.shape != tuple(shape):
+        raise ValueError(f"{dataset.name} has shape {dataset.shape}, the weight needs {tuple(shape)}")
+
+
 def _read_mask(group, shape):
     if "bitmask" in group:
+        _expect(group["bitmask"], (-(-shape[0] * shape[1] // 8),))
         bits = np.unpackbits(group["bitmask"][()], count=int(np.prod(shape)), bitorder="little")
         return bits.reshape(shape).astype(bool)
-    indptr, indices = group["indptr"][()], group["indices"][()]
+    _expect(group["indptr"], (shape[0] + 1,))
+    indptr, indices = group["indptr"][()].astype(np.int64), group["indices"][()]
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.shape[0] \
+            or indices.ndim != 1 or np.any(indices >= shape[1]):
+        raise ValueError(f"{group.name}: sparse index out of range")
     mask = np.zeros(shape, bool)
     rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
     mask[rows, indices.astype(np.int64)] = True

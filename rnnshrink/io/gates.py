@@ -26,6 +26,8 @@ def reorder(array, source, target, axis=0):
     """
     source = ORDERS.get(source, source)
     target = ORDERS.get(target, target)
+    if source == target:  # PyTorch and Keras are canonical already: no copy of a big matrix
+        return np.asarray(array)
     blocks = np.split(np.asarray(array), 4, axis=axis)
     by_gate = dict(zip(source, blocks))
     return np.concatenate([by_gate[g] for g in target], axis=axis)

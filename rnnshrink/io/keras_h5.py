@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import re
-import zipfile
 from typing import NamedTuple
 
 import h5py
@@ -41,7 +40,9 @@ from ..model import (
 )
 from . import ZIP_MAGIC
 from .gates import to_canonical
+from .h5_safe import link_names, open_h5
 from .keras_config import Keras3, Legacy, attr_text, config_specs, dataset_path, list_attr, snake
+from .zip_archive import Archive
 
 WEIGHT_DTYPES = ("float16", "float32", "float64")
 # Keras activation names rnnshrink evaluates under the same name ("hard_sigmoid" is by version).
@@ -82,7 +83,8 @@ def read(path, recurrent_activation=None, **options):
     try:
         with _open(path) as source:
             return _build(path, source, recurrent_activation)
-    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError,
+            IndexError) as error:  # h5py raises RuntimeError on damaged internals too
         raise InputError(path, f"unreadable Keras file ({type(error).__name__}: {error})") from None
 
 
@@ -91,19 +93,18 @@ def _open(path):
     with open(path, "rb") as f:
         zipped = f.read(4) == ZIP_MAGIC
     if zipped:
-        try:
-            with zipfile.ZipFile(path) as archive:
-                inner = _inner_name(path, archive)
+        with Archive(path) as archive:
+            inner = _inner_name(path, archive)
+            try:
                 config = json.loads(archive.read("config.json"))
-                names = archive.namelist()
-                meta = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
-                data = archive.read(inner)
-        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
-            raise InputError(path, f"corrupt .keras archive ({error})") from None
-        with _h5(path, io.BytesIO(data)) as h5:
+                meta = json.loads(archive.read("metadata.json")) if "metadata.json" in archive else {}
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+                raise InputError(path, f"corrupt .keras archive ({error})") from None
+            data = archive.read(inner)
+        with open_h5(path, io.BytesIO(data)) as h5:
             yield _Source(h5, config, meta.get("keras_version"), meta.get("backend"), "zip", inner)
         return
-    with _h5(path, path) as h5:
+    with open_h5(path) as h5:
         attrs = h5.attrs
         config = json.loads(attr_text(attrs["model_config"])) if "model_config" in attrs else None
         version = attr_text(attrs["keras_version"]) if "keras_version" in attrs else None
@@ -111,18 +112,8 @@ def _open(path):
         yield _Source(h5, config, version, backend, "h5", None)
 
 
-@contextlib.contextmanager
-def _h5(path, target):
-    try:
-        h5 = h5py.File(target, "r")
-    except OSError as error:
-        raise InputError(path, f"truncated or corrupt HDF5 file ({error})") from None
-    with h5:
-        yield h5
-
-
 def _inner_name(path, archive):
-    names = archive.namelist()
+    names = archive.names
     if "model.weights.h5" in names:
         return "model.weights.h5"
     found = [n for n in names if n.endswith(".weights.h5")]
@@ -154,7 +145,9 @@ def _build(path, source, option):
         layers.append(layer)
         owned.update(_owned_paths(layer))
     tensors = {}
-    h5.visititems(lambda name, obj: _keep(name, obj, owned, tensors))
+    for name in link_names(h5):  # not visititems: h5py hides a callback's exception
+        if isinstance(h5.get(name, getlink=True), h5py.HardLink):
+            _keep(name, h5.get(name), owned, tensors)
     return Model(
         layers=layers,
         tensors=tensors,

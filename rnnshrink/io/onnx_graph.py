@@ -6,7 +6,8 @@ evaluated with onnx's own reference evaluator. ONNX stores W ``[dirs, 4H, D]``, 
 ``[dirs, 4H, H]`` and B ``[dirs, 8H] = Wb || Rb`` in gate order i, o, f, c; the IR folds the
 bias as ``Wb + Rb`` (in float64, so a writer recovers ``Wb`` exactly) and keeps ``Rb`` in
 ``source``. Refused: ``input_forget=1``, non-zero peepholes, activations that differ between
-directions. External data is read only from files inside the model's own folder.
+directions. External data is read only from files inside the model's own folder, mapped
+rather than copied (:mod:`.onnx_external`).
 
 References
 ----------
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from ..errors import InputError
@@ -35,6 +36,7 @@ from ..model import (
     Tensor,
 )
 from .gates import to_canonical
+from .onnx_external import check_and_inline, inline_all, tensor_array
 
 # ONNX activation (lower case) -> (rnnshrink name, default alpha, default beta); None = unused.
 _ACTIVATIONS = {
@@ -51,13 +53,16 @@ _ACTIVATIONS = {
     "softplus": ("softplus", None, None),
 }
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+_A = onnx.AttributeProto
+_LSTM_ATTRIBUTES = {"activation_alpha": _A.FLOATS, "activation_beta": _A.FLOATS,
+                    "activations": _A.STRINGS, "clip": _A.FLOAT, "direction": _A.STRING,
+                    "hidden_size": _A.INT, "input_forget": _A.INT, "layout": _A.INT}
 LSTM_SLOTS = {"W": 1, "R": 2, "B": 3, "P": 7}  # LSTM input positions of the constant inputs
 _SHAPE_OPS = {"Squeeze", "Unsqueeze", "Transpose", "Reshape", "Identity", "Dropout", "Flatten"}
 _TIME_OPS = {"Slice", "Gather"}  # also crossed between the last LSTM and its head
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                "Multinomial", "Bernoulli"}
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-_NIBBLE_TYPES = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1}
 UNROLLED = ("no LSTM node in the graph (its recurrence may have been unrolled into MatMul/Gemm "
             "ops at export; rnnshrink reads ONNX LSTM nodes)")
 
@@ -67,10 +72,12 @@ def read(path, **options):
 
     Layers are the LSTM nodes in graph order, then the MatMul / Gemm reading the last LSTM
     (a DenseLayer when its weight is constant, else an OtherLayer). ``meta`` holds ``opset``,
-    ``ir_version`` and the loaded ``onnx_model`` (external data inlined) for the writer.
+    ``ir_version``, the loaded ``onnx_model`` (initializers' external data still external) and
+    ``onnx_path``, the file it came from, for the writers; ``input_files``: its external data
+    files, which no output may replace.
     """
     path = Path(path)
-    proto = _load(path)
+    proto, files = _load(path)
     graph = _Graph(proto.graph)
     walk = list(graph.walk())
     lstms = [(g, i, node) for g, i, node in walk if node.op_type == "LSTM" and not node.domain]
@@ -92,7 +99,8 @@ def read(path, **options):
     }
     producer = f"{proto.producer_name} {proto.producer_version}".strip() or "unknown"
     opset = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
-    meta = {"opset": opset, "ir_version": proto.ir_version, "onnx_model": proto}
+    meta = {"opset": opset, "ir_version": proto.ir_version, "onnx_model": proto,
+            "onnx_path": str(path), "input_files": files}
     return Model(layers, tensors, format="onnx", producer=producer, topology="known",
                  notes=reader.notes, meta=meta)
 
@@ -158,9 +166,10 @@ class _Reader:
                                          [t for _, t in inits.values()])
                 model = helper.make_model(fold, opset_imports=self.proto.opset_import,
                                           ir_version=self.proto.ir_version)
+                inline_all(self.path, model.graph.initializer)
                 value = ReferenceEvaluator(model).run(None, {})[0]
             else:
-                value = numpy_helper.to_array(inits[name][1])
+                value = tensor_array(self.path, inits[name][1])
         except Exception as error:  # the evaluator raises anything on malformed graphs
             raise InputError(self.path, f"cannot evaluate constant {name!r} ({error})") from None
         origin = {
@@ -174,8 +183,8 @@ class _Reader:
 
     def lstm(self, graph, index, node):
         label = _label(index, node)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        direction = attrs.get("direction", b"forward").decode()
+        attrs = self.attributes(label, node)
+        direction = attrs.get("direction", "forward")
         if direction not in _DIRECTIONS:
             self.fail(label, f"unknown direction {direction!r}")
         if attrs.get("input_forget", 0):
@@ -183,8 +192,13 @@ class _Reader:
         inputs = list(node.input) + [""] * (8 - len(node.input))
         found = {role: self.constant(graph, inputs[slot]) for role, slot in LSTM_SLOTS.items()}
         for role in ("W", "R", "B", "P"):
+            if not inputs[LSTM_SLOTS[role]] and role in "WR":
+                self.fail(label, f"input {role} is missing")
             if inputs[LSTM_SLOTS[role]] and found[role] is None:
                 self.fail(label, f"input {role} is not a constant (only constant weights are read)")
+            if found[role] is not None and found[role][0].dtype.name not in DTYPE_BYTES:
+                self.fail(label, f"input {role} is {found[role][0].dtype}; LSTM weights must be "
+                                 f"{', '.join(DTYPE_BYTES)}")
         if found["P"] is not None and np.any(found["P"][0]):
             self.fail(label, "input P (peephole weights) is not supported")
         if found["P"] is not None:
@@ -196,12 +210,13 @@ class _Reader:
         if W.ndim != 3 or W.shape[1] % 4:
             self.fail(label, f"W has shape {W.shape}, expected (directions, 4 * hidden, input)")
         hidden = attrs.get("hidden_size", W.shape[1] // 4)
-        B = found["B"][0] if found["B"] else np.zeros((dirs, 8 * hidden), W.dtype)
         shapes = {"W": (dirs, 4 * hidden, W.shape[2]), "R": (dirs, 4 * hidden, hidden),
                   "B": (dirs, 8 * hidden)}
-        for role, array in (("W", W), ("R", R), ("B", B)):
-            if array.shape != shapes[role]:
+        B = found["B"][0] if found["B"] else None
+        for role, array in (("W", W), ("R", R), ("B", B)):  # before a default B is allocated
+            if array is not None and array.shape != shapes[role]:
                 self.fail(label, f"{role} has shape {array.shape}, expected {shapes[role]}")
+        B = np.zeros((dirs, 8 * hidden), W.dtype) if B is None else B
         if inputs[4]:
             self.notes.append(f"{label}: sequence_lens ignored (full-length sequences are run)")
         activations = self.activations(label, attrs, dirs)
@@ -239,9 +254,33 @@ class _Reader:
                          reverse_only=direction == "reverse",
                          inputs=[self.feeder(graph, inputs[0])], source=source)
 
+    def attributes(self, label, node):
+        """The LSTM node's attributes by name, each checked against :data:`_LSTM_ATTRIBUTES`;
+        strings decoded."""
+        found = {}
+        for attr in node.attribute:
+            kind = _LSTM_ATTRIBUTES.get(attr.name)
+            if kind is not None and attr.type != kind:
+                self.fail(label, f"attribute {attr.name} is of type "
+                                 f"{onnx.AttributeProto.AttributeType.Name(attr.type)}, expected "
+                                 f"{onnx.AttributeProto.AttributeType.Name(kind)}")
+            value = helper.get_attribute_value(attr)
+            try:
+                if attr.type == onnx.AttributeProto.STRING:
+                    value = value.decode()
+                elif attr.type == onnx.AttributeProto.STRINGS:
+                    value = [v.decode() for v in value]
+            except UnicodeDecodeError:
+                self.fail(label, f"attribute {attr.name} is not UTF-8 text")
+            found[attr.name] = value
+        if found.get("hidden_size", 1) < 1 or found.get("layout", 0) not in (0, 1):
+            self.fail(label, f"hidden_size {found.get('hidden_size')} or layout "
+                             f"{found.get('layout')} out of range")
+        return found
+
     def activations(self, label, attrs, dirs):
         """The f, g, h activations (one triple shared by all directions)."""
-        names = [n.decode() for n in attrs.get("activations", [])] or ["Sigmoid", "Tanh", "Tanh"] * dirs
+        names = attrs.get("activations") or ["Sigmoid", "Tanh", "Tanh"] * dirs
         if len(names) != 3 * dirs:
             self.fail(label, f"activations lists {len(names)} functions, expected {3 * dirs}")
         alphas, betas = iter(attrs.get("activation_alpha", [])), iter(attrs.get("activation_beta", []))
@@ -360,10 +399,13 @@ def _is_float(data_type):
                          onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 
-def pass_through(proto, path=""):
-    """A byte-exact pass-through Tensor; ml_dtypes arrays (bfloat16, ...) as raw unsigned bits."""
+def pass_through(proto, path):
+    """A byte-exact pass-through Tensor; ml_dtypes arrays (bfloat16, ...) as raw unsigned bits.
+
+    ``path`` is the model file (external data is read beside it).
+    """
     try:
-        data = numpy_helper.to_array(proto)
+        data = tensor_array(path, proto)
     except Exception as error:
         raise InputError(path, f"initializer {proto.name!r} is malformed ({error})") from None
     dtype = helper.tensor_dtype_to_np_dtype(proto.data_type).name
@@ -373,23 +415,34 @@ def pass_through(proto, path=""):
 
 
 def _load(path):
-    """Parse the protobuf, then inline external data read from inside the model's folder."""
+    """Parse the protobuf and check its external data (see :mod:`.onnx_external`)."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises DecodeError, RuntimeWarning, ...
         raise InputError(path, f"not a readable ONNX model, truncated or corrupt ({error})") from None
     if not proto.graph.node:
         raise InputError(path, "not an ONNX model (no graph nodes; truncated or another format)")
-    external = [t for t in tensor_protos(proto.graph)
-                if t.data_location == onnx.TensorProto.EXTERNAL]
-    spans = [_external_span(path, tensor) for tensor in external]  # validate all before reading
-    for tensor, (file, offset, length) in zip(external, spans):
-        with open(file, "rb") as handle:
-            handle.seek(offset)
-            tensor.raw_data = handle.read(length)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-    return proto
+    if not _text_strings(proto):
+        raise InputError(path, "the model holds names or strings that are not UTF-8 text")
+    initializers = [t for g in graphs(proto.graph) for t in g.initializer]
+    files = check_and_inline(path, proto, initializers, list(tensor_protos(proto.graph)))
+    return proto, files
+
+
+def _text_strings(message):
+    """Whether every string field of a protobuf message (recursively) holds text: protobuf
+    hands back bytes for a string field that is not valid UTF-8."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        items = [value] if isinstance(value, (str, bytes)) or hasattr(value, "ListFields") \
+            else value
+        if field.type == field.TYPE_STRING:
+            if not all(isinstance(item, str) for item in items):
+                return False
+        elif not all(_text_strings(item) for item in items):
+            return False
+    return True
 
 
 def subgraph(proto, address):
@@ -419,33 +472,3 @@ def tensor_protos(graph):
         for node in g.node:
             for attr in node.attribute:
                 yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-
-
-def _external_span(path, tensor):
-    """``(file, offset, length)`` of a tensor's external data, checked before anything is read."""
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    location = info.get("location", "")
-    where = f"tensor {tensor.name!r}: external data {location!r}"
-    folder = path.resolve().parent
-    if not location or Path(location).is_absolute() or location.startswith(("/", "\\")):
-        raise InputError(path, f"{where} is not a path relative to the model's folder; refused")
-    file = (folder / location).resolve()
-    if not file.is_relative_to(folder):
-        raise InputError(path, f"{where} points outside the model's folder; refused")
-    if not file.is_file():
-        raise InputError(path, f"{where}: no such file beside the model")
-    size = file.stat().st_size
-    try:
-        offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else size - offset
-        count = int(np.prod(tensor.dims, dtype=np.int64))
-        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (ValueError, KeyError, TypeError) as error:
-        raise InputError(path, f"{where}: malformed external data entry ({error})") from None
-    needed = (count + 1) // 2 if tensor.data_type in _NIBBLE_TYPES else count * itemsize
-    if offset < 0 or length < 0 or offset + length > size:
-        raise InputError(path, f"{where}: bytes {offset}..{offset + length} lie outside the "
-                               f"{size}-byte file")
-    if length != needed:
-        raise InputError(path, f"{where} holds {length} bytes, the tensor needs {needed}")
-    return file, offset, length

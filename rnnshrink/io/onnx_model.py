@@ -26,7 +26,8 @@ from ..errors import OptionError
 from ..model import DenseLayer, EmbeddingLayer, LSTMLayer, OtherLayer
 from .exporting import repacked_note
 from .onnx_export import MIN_OPSET, build_stack, lstm_layer_nodes
-from .onnx_graph import graphs
+from .onnx_external import inline_all
+from .onnx_graph import graphs, tensor_protos
 from .onnx_writer import fresh_name, save_checked, tensor_uses
 
 _KERAS_PASSIVE = ("InputLayer", "Dropout", "SpatialDropout1D", "GaussianDropout", "GaussianNoise")
@@ -58,7 +59,7 @@ def export_model(model, output, style="auto", opset=MIN_OPSET):
     repacked = repacked_note(model.lstm_layers)
     if repacked:
         notes.append(repacked)
-    save_checked(proto, model.meta.get("onnx_model"), output)
+    save_checked(proto, model.meta.get("onnx_model"), output, model.meta.get("onnx_path"))
     describe = [(v.name, _shape(v)) for v in proto.graph.input]
     return {"graph": kind, "inputs": dict(describe),
             "outputs": {v.name: _shape(v) for v in proto.graph.output}, "notes": notes}
@@ -66,7 +67,7 @@ def export_model(model, output, style="auto", opset=MIN_OPSET):
 
 def replace_lstm_nodes(model, style="auto", opset=MIN_OPSET):
     """The model's original ONNX graph with every LSTM node replaced by its compressed layer."""
-    proto = _at_opset(model.meta["onnx_model"], opset)
+    proto = _at_opset(model.meta["onnx_model"], opset, model.meta.get("onnx_path"))
     taken = {name for g in graphs(proto.graph) for name in
              [t.name for t in g.initializer] + [v.name for v in g.input]
              + [out for node in g.node for out in node.output]}
@@ -292,12 +293,13 @@ def _keras_chain(model):
     return chain
 
 
-def _at_opset(original, opset):
+def _at_opset(original, opset, source):
     proto = onnx.ModelProto()
     proto.CopyFrom(original)
     current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
     if current >= opset:
         return proto
+    inline_all(source, tensor_protos(proto.graph))  # the converter reads initializers
     try:
         return version_converter.convert_version(proto, opset)
     except Exception as error:  # the converter raises plain RuntimeErrors for unsupported ops

@@ -25,6 +25,7 @@ from onnx import helper, numpy_helper
 from ..errors import OptionError, RnnshrinkError
 from .atomic import atomic_path
 from .gates import from_canonical
+from .onnx_external import inline_all
 from .onnx_graph import LSTM_SLOTS, graphs, pass_through, subgraph, tensor_protos
 
 _INLINE_LIMIT = 2**31 - 2**24  # protobuf refuses messages of 2 GB; keep a margin
@@ -70,7 +71,7 @@ def write(model, output_path):
             stale += [origin] if origin else []
     _write_tensors(proto, model)
     prune_unused(proto, stale)
-    save_checked(proto, model.meta["onnx_model"], Path(output_path))
+    save_checked(proto, model.meta["onnx_model"], Path(output_path), model.meta.get("onnx_path"))
 
 
 def _onnx_weights(layer):
@@ -105,7 +106,7 @@ def _write_tensors(proto, model):
             new = model.tensors.get(tensor.name)
             if new is None or new.data.dtype == object:  # strings are never transformed
                 continue
-            old = pass_through(tensor, model.path)
+            old = pass_through(tensor, model.meta.get("onnx_path"))
             if (new.dtype, new.data.dtype, new.data.shape) != (old.dtype, old.data.dtype,
                                                                old.data.shape):
                 raise OptionError(f"tensor {tensor.name}: {new.dtype} {new.data.shape} cannot "
@@ -170,10 +171,15 @@ def _hashable(address):
     return tuple(tuple(step) for step in address)
 
 
-def save_checked(proto, original, output):
-    """Check, then write atomically: inline below the protobuf limit, else with a .data file."""
+def save_checked(proto, original, output, source=None):
+    """Check, then write atomically: inline below the protobuf limit, else with a .data file.
+
+    ``source`` is the file ``original`` was read from: the external data the graph still
+    refers to is read beside it (and inlined in ``proto``) here.
+    """
+    inline_all(source, tensor_protos(proto.graph))
     if proto.ByteSize() < _INLINE_LIMIT:
-        _check(proto, original)
+        _check(proto, original, source)
         with atomic_path(output) as temporary:
             temporary.write_bytes(proto.SerializeToString())
         return
@@ -191,20 +197,23 @@ def save_checked(proto, original, output):
     try:
         with atomic_path(output) as temporary:
             temporary.write_bytes(proto.SerializeToString())
-            _check(str(temporary), original)
+            _check(str(temporary), original, source)
     except BaseException:
         data.unlink()
         raise
 
 
-def _check(model, original):
+def _check(model, original, source):
     """``onnx.checker`` with ``full_check``; a failure the input graph shares is the input's own."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         if original is not None:  # None: a graph rnnshrink built itself, no excuse
+            inlined = onnx.ModelProto()
+            inlined.CopyFrom(original)
+            inline_all(source, tensor_protos(inlined.graph))
             try:
-                onnx.checker.check_model(original, full_check=True)
+                onnx.checker.check_model(inlined, full_check=True)
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError):
                 return
         raise RnnshrinkError(f"the written ONNX graph fails onnx.checker: {error}") from None

@@ -59,8 +59,8 @@ def read(path, **options):
     for name, (dtype, shape, (begin, end)) in header.items():
         raw = np.dtype(DTYPES[dtype][1]).newbyteorder("<")
         stored = data[data_start + begin : data_start + end].view(raw).reshape(shape)
-        tensors[name] = Tensor(name, stored.astype(raw.newbyteorder("="), order="C"), dtype)
-    del data
+        # little-endian data stays a read-only view of the mapped file
+        tensors[name] = Tensor(name, stored.astype(raw.newbyteorder("="), copy=False), dtype)
     model = state_dict_to_model(path, tensors)
     model.format = "safetensors"
     model.producer = {"pt": "pytorch"}.get(metadata.get("format"), "unknown")
@@ -81,9 +81,11 @@ def _header(path):
             raise InputError(path, f"header claims {length} bytes, the file holds {size - 8}")
         text = f.read(length)
     try:
-        header = json.loads(text)
+        header = json.loads(text, object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise InputError(path, f"safetensors header is not JSON ({error})") from None
+    except _DuplicateKey as error:
+        raise InputError(path, f"safetensors header names {str(error)[:80]} twice") from None
     if not isinstance(header, dict):
         raise InputError(path, "safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -101,9 +103,21 @@ def _header(path):
     return entries, metadata, 8 + length
 
 
+class _DuplicateKey(Exception):
+    """A JSON object of the header repeats a key (JSON would keep only the last)."""
+
+
+def _unique_keys(pairs):
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _DuplicateKey(next(repr(k) for k, _ in pairs if sum(k == j for j, _ in pairs) > 1))
+    return found
+
+
 def _entry(path, name, entry):
     """One header entry as (dtype, shape, (begin, end)), its byte count checked."""
-    if not isinstance(entry, dict) or entry.get("dtype") not in CODES:
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) \
+            or entry["dtype"] not in CODES:
         dtype = entry.get("dtype") if isinstance(entry, dict) else entry
         raise InputError(path, f"tensor {name!r}: unsupported dtype {str(dtype)[:40]}")
     dtype, shape, offsets = CODES[entry["dtype"]], entry.get("shape"), entry.get("data_offsets")

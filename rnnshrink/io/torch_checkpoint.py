@@ -266,10 +266,11 @@ def _direction_tensors(layer, reverse, direction):
 
 
 def to_float(tensor):
-    """A float tensor's values: float64 for float64, else float32 (bfloat16 bits widened)."""
+    """A float tensor's values: float64 for float64, else float32 (bfloat16 bits widened);
+    float32 and float64 data itself, not a copy."""
     if tensor.dtype == "bfloat16":
         return (tensor.data.astype(np.uint32) << 16).view(np.float32)
-    return tensor.data.astype(np.float64 if tensor.dtype == "float64" else np.float32)
+    return tensor.data.astype(np.float64 if tensor.dtype == "float64" else np.float32, copy=False)
 
 
 def from_float(values, dtype):

@@ -6,7 +6,8 @@ an unpickler that resolves only the globals of :data:`_ALLOWED` — torch's tens
 functions, storage classes and dtypes, and ``collections.OrderedDict`` — each to a local
 stand-in; every other global (``os.system``, a model class, ...) is refused. Every length in
 the pickle is checked against the bytes present before anything is allocated, and tensors are
-checked against their storages before they are copied out. Writing is
+checked against their storages; storages are memory-mapped from the file (zip records through
+:class:`~rnnshrink.io.zip_archive.Archive`), so a contiguous tensor is a view, not a copy. Writing is
 :mod:`rnnshrink.io.torch_writer`; :data:`DTYPES` and :class:`StoredTensor` serve both.
 
 References
@@ -17,15 +18,16 @@ References
 
 import io
 import math
+import mmap
 import pickle
 import pickletools
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import InputError
+from .zip_archive import Archive
 
 # dtype name -> (torch storage class that pickles it, numpy dtype of its stored elements).
 # Dtypes without a storage class are pickled as an untyped byte storage plus a dtype global.
@@ -61,7 +63,8 @@ class StoredTensor:
     ----------
     data : ndarray
         The stored elements, C-contiguous, native byte order; ``bfloat16`` as raw ``uint16``
-        bits, float8 as raw ``uint8``.
+        bits, float8 as raw ``uint8``. Read-only: a contiguous little-endian tensor is a view
+        of the memory-mapped file, not a copy.
     dtype : str
         Torch's name of the dtype, a key of :data:`DTYPES`.
     requires_grad : bool
@@ -208,7 +211,8 @@ class _Unpickler(pickle.Unpickler):
             raise _Invalid(f"unsupported persistent id {str(pid)[:80]}")
         storage_type, key, _, numel = pid[1:5]
         if not isinstance(storage_type, _StorageType) or type(numel) is not int or numel < 0:
-            raise _Invalid(f"malformed storage reference {str(pid)[:80]}")
+            raise _Invalid(f"malformed storage reference to {str(pid[2])[:40]}: not a storage "
+                           "class and an element count")
         if len(pid) == 6 and pid[5] is not None:
             raise _Invalid("storage views (PyTorch < 1.0 files) are not supported")
         storage = self.storages.setdefault(str(key), _Storage(storage_type.dtype, numel))
@@ -240,7 +244,7 @@ def load_state(path):
         return _resolve(tree, ""), "torch-zip" if is_zip else "torch-legacy"
     except _Invalid as error:
         raise InputError(path, str(error)) from None
-    except (OSError, zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as error:
+    except (OSError, EOFError, pickle.UnpicklingError) as error:
         raise InputError(path, f"truncated or corrupt PyTorch checkpoint ({error})") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as error:
         problem = f"corrupt PyTorch checkpoint ({type(error).__name__}: {error})"
@@ -253,7 +257,7 @@ def _unpickle(buffer, offset, storages):
     The scan catches lying length fields and memo indices before the C unpickler would
     allocate what they claim.
     """
-    stream = io.BytesIO(buffer)
+    stream = io.BytesIO(buffer) if isinstance(buffer, bytes) else buffer
     stream.seek(offset)
     for count, (opcode, arg, _) in enumerate(pickletools.genops(stream), 1):
         if "PUT" in opcode.name and int(arg) > count:
@@ -264,33 +268,26 @@ def _unpickle(buffer, offset, storages):
 
 
 def _load_zip(path, storages):
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+    with Archive(path) as archive:
+        pickles = [n for n in archive.names if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
             raise _Invalid("zip archive holds no PyTorch data.pkl record")
         prefix = pickles[0][: -len("data.pkl")]
         order = "little"
-        if f"{prefix}byteorder" in archive.namelist():
-            order = _record(archive, f"{prefix}byteorder").decode("ascii")
-        tree, _ = _unpickle(_record(archive, pickles[0]), 0, storages)
+        if f"{prefix}byteorder" in archive:
+            order = archive.view(f"{prefix}byteorder").tobytes().decode("ascii")
+            if order not in ("little", "big"):
+                raise _Invalid(f"byteorder record says {order[:20]!r}, not little or big")
+        tree, _ = _unpickle(archive.view(pickles[0]).tobytes(), 0, storages)
         for key, storage in storages.items():
-            raw = _record(archive, f"{prefix}data/{key}")
+            raw = archive.view(f"{prefix}data/{key}")
             _fill(storage, raw, 0, len(raw), key, order)
     return tree
 
 
-def _record(archive, name):
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        raise _Invalid(f"zip archive lacks record {name}") from None
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise _Invalid(f"record {name} is compressed; PyTorch stores records uncompressed")
-    return archive.read(info)
-
-
 def _load_legacy(path, storages):
-    buffer = path.read_bytes()
+    with open(path, "rb") as f:  # mapped: storages stay views of the file
+        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     magic, offset = _unpickle(buffer, 0, {})
     protocol, offset = _unpickle(buffer, offset, {})
     if magic != _LEGACY_MAGIC or protocol != _LEGACY_PROTOCOL:
@@ -335,7 +332,9 @@ def _resolve(value, where):
         raw = value.storage.data.view(DTYPES[value.dtype][1])
         strides = [s * raw.dtype.itemsize for s in value.stride]
         view = np.lib.stride_tricks.as_strided(raw[value.offset :], value.size, strides)
-        return StoredTensor(view.copy(), value.dtype, value.requires_grad, value.parameter)
+        if not view.flags.c_contiguous:  # contiguous tensors stay read-only views of the file
+            view = view.copy()
+        return StoredTensor(view, value.dtype, value.requires_grad, value.parameter)
     if isinstance(value, dict):
         for key in value:
             _check_scalar(key, f"{where}/{key!r}")

@@ -11,6 +11,7 @@ ONNX operator spec, ``LSTM`` ("activations", "activation_alpha", "activation_bet
 """
 
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 from scipy.special import expit
@@ -70,6 +71,10 @@ class Activation:
             raise OptionError(
                 f"unsupported activation {self.name!r}; supported: {', '.join(SUPPORTED)}"
             )
+        for value in (self.alpha, self.beta):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Real)):
+                raise OptionError(f"activation {self.name}: alpha and beta must be numbers, "
+                                  f"got {value!r}")
         _, alpha, beta = _FUNCTIONS[self.name]
         if self.alpha is None and alpha is not None:
             object.__setattr__(self, "alpha", alpha)

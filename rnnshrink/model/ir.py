@@ -60,6 +60,7 @@ class LSTMDirection:
     variant: str = "LSTM"
 
     def __post_init__(self):
+        dtype_bytes(self.bias_dtype)  # a dtype rnnshrink can count
         for name in ("W", "R", "proj"):
             value = getattr(self, name)
             if isinstance(value, np.ndarray):
