@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.coded import step_map
+from ..model.coded import row_runs, step_map
 
 # Exponents are int8 eighths of an octave: 2^(±127/8) spans a factor of 6e4 either way.
 EXPONENT_LIMIT = 127
@@ -65,17 +65,23 @@ def step_shape(w):
     Parameters
     ----------
     w : ndarray of shape (rows, cols), positive
-        Sensitivity of each weight (a broadcast view is fine).
+        Sensitivity of each weight (a broadcast view is fine; it is read a run of rows at a
+        time, so no full-size temporary is made).
 
     Returns
     -------
     StepShape
     """
     w = np.broadcast_to(np.asarray(w, dtype=np.float64), np.shape(w))
-    log_map = -0.5 * np.log2(np.maximum(w, np.finfo(np.float64).tiny))
-    mean = float(log_map.mean()) if log_map.size else 0.0
-    row = log_map.mean(axis=1) - mean if log_map.shape[1] else np.zeros(log_map.shape[0])
-    col = log_map.mean(axis=0) - mean if log_map.shape[0] else np.zeros(log_map.shape[1])
+    rows, cols = w.shape
+    row_sums, col_sums = np.zeros(rows), np.zeros(cols)
+    for part in row_runs(rows, cols):
+        log_map = -0.5 * np.log2(np.maximum(w[part], np.finfo(np.float64).tiny))
+        row_sums[part] = log_map.sum(axis=1)
+        col_sums += log_map.sum(axis=0)
+    mean = float(row_sums.sum() / w.size) if w.size else 0.0
+    row = row_sums / cols - mean if cols else np.zeros(rows)
+    col = col_sums / rows - mean if rows else np.zeros(cols)
     return StepShape(mean, _exponents(row), _exponents(col))
 
 
