@@ -175,8 +175,10 @@ def encode(codes, mask=None):
         escapes.append(part[~inside].astype(f"<i{choice.width}").tobytes())
     header = struct.pack(_HEADER, VERSION, choice.shape_index, choice.axis, choice.width,
                          checksum(choice.shape_index, used))
+    stream = rans.encode(symbols, freq, cum)
+    del symbols, contexts  # before the check decodes a second copy
     coded = CodedMatrix(codes.shape, header, side_bytes(choice.scales), b"".join(escapes),
-                        rans.encode(symbols, freq, cum), mask)
+                        stream, mask)
     if not np.array_equal(decode(coded), codes):
         raise RuntimeError("internal error: the entropy-coded matrix does not decode to its codes")
     return coded
@@ -208,12 +210,16 @@ def decode(coded):
                          "the file was written with (CRC mismatch): floating-point functions "
                          "round differently on this platform, or the file is damaged")
     K, starts, freq, cum = _flat_tables(shape_index, used)
-    symbols = rans.decode(coded.stream, rans.decode_table(freq, cum), coded.count, contexts)
+    found = rans.decode(coded.stream, rans.decode_table(freq, cum), coded.count, contexts)
+    del contexts
     values = np.concatenate([np.arange(-k, k + 2, dtype=np.int32) for k in K])  # k + 1: escape
     is_escape = np.zeros(values.size, bool)
     is_escape[starts[1:] - 1] = True
-    found = values[symbols]
-    escaped = is_escape[symbols]
+    escaped = np.empty(found.size, bool)
+    for begin in range(0, found.size, _CHUNK):  # symbols to codes in place, a chunk at a time
+        part = found[begin:begin + _CHUNK]
+        escaped[begin:begin + _CHUNK] = is_escape[part]
+        part[:] = values[part]
     if len(coded.escapes) != int(np.count_nonzero(escaped)) * width:
         raise ValueError("coded matrix escape list does not match its stream")
     found[escaped] = np.frombuffer(coded.escapes, f"<i{width}")
