@@ -37,10 +37,11 @@ def step_map(delta, row_exp, col_exp):
     return float(delta) * rows[:, None] * cols[None, :]
 
 
-def row_runs(rows, cols, entries=RUN_ENTRIES):
-    """Slices of consecutive rows of a (rows, cols) matrix, about ``entries`` entries each (at
-    least one row): how big matrices are processed without full-size temporaries."""
-    stride = max(1, entries // max(cols, 1))
+def row_runs(rows, cols, entries=None):
+    """Slices of consecutive rows of a (rows, cols) matrix, about ``entries`` entries each
+    (:data:`RUN_ENTRIES` by default; at least one row): how big matrices are processed without
+    full-size temporaries."""
+    stride = max(1, (entries or RUN_ENTRIES) // max(cols, 1))
     return [slice(start, min(start + stride, rows)) for start in range(0, rows, stride)]
 
 

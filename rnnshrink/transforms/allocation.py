@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import coding
-from ..model.coded import RUN_ENTRIES, EntropyCoded, narrowest, row_runs, step_map
+from ..model.coded import EntropyCoded, narrowest, row_runs, step_map
 from .gptq import gptq_round, inverse_cholesky
 
 # Exponents are int8 eighths of an octave: 2^(±127/8) spans a factor of 6e4 either way.
@@ -45,7 +45,8 @@ OFFSET_RANGE = (-40.0, 20.0)
 SAMPLE_CODES = 1 << 18
 # The slope of the sampled size is read over ± this many octaves.
 SLOPE_SPAN = 0.25
-# GPTQ in float32 for matrices with more entries (codes differ from float64's only at ties).
+# GPTQ in float32 for matrices of at least this many entries (codes differ from float64's only
+# at ties).
 FLOAT32_ENTRIES = 1 << 20
 # Entries of GPTQ's runs of rows (bounds its working memory; rows are independent).
 GPTQ_RUN = 1 << 22
@@ -215,7 +216,7 @@ class Matrix:
         shape : StepShape
         offset : float
         gptq : bool
-            GPTQ's codes (float32 arithmetic above :data:`FLOAT32_ENTRIES` entries), else the
+            GPTQ's codes (float32 arithmetic from :data:`FLOAT32_ENTRIES` entries on), else the
             rounded weights; both clamped to ``±CODE_LIMIT``, zero outside ``mask``.
         rows : ndarray of int, optional
             Only these rows (all by default).
@@ -231,8 +232,8 @@ class Matrix:
             mask = None if mask is None else mask[rows]
         delta, U = shape.delta(offset), self._factor() if gptq else None
         codes = np.empty(values.shape, np.int32)
-        dtype = np.float32 if self.values.size > FLOAT32_ENTRIES else np.float64
-        for part in row_runs(*values.shape, GPTQ_RUN if U is not None else RUN_ENTRIES):
+        dtype = np.float32 if self.values.size >= FLOAT32_ENTRIES else np.float64
+        for part in row_runs(*values.shape, GPTQ_RUN if U is not None else None):
             steps = step_map(delta, row_exp[part], shape.col_exp)
             kept = None if mask is None else mask[part]
             if U is not None:

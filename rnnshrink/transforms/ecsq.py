@@ -12,8 +12,16 @@ each matrix's inputs), except for a matrix reading one-hot inputs (diagonal ``H`
 
 The calibration inputs (the user's, or the probes rnnshrink makes) are split in two halves:
 the first gives the sensitivities and ``H``, the second picks ``β`` (and the sensitivity,
-when ``auto`` has two to choose from) by the output error it gives. The biases of the coded
-layers are folded into one float16 vector.
+when ``auto`` has two to choose from) by the output error it gives. Above :data:`LARGE` coded
+weights ``auto`` tries one candidate (``hessian``, else ``rms``, with β = 0.5) and says so in
+a note. The biases of the coded layers are folded into one float16 vector.
+
+For a ratio, the offset is bisected on the estimated bytes of rounded, then GPTQ codes of a
+seeded subsample of each big matrix's rows (:class:`.allocation.Allocation`; whole matrices up
+to :data:`.allocation.SAMPLE_CODES` entries), then settled on the whole model: its GPTQ codes'
+estimated bytes, then the real coded bytes, each miss corrected by the slope of the sampled
+size, so a big model is GPTQ-coded whole about once or twice per candidate. Matrices are held
+as stored and processed a run of rows at a time.
 
 References
 ----------
