@@ -232,24 +232,25 @@ class Matrix:
             mask = None if mask is None else mask[rows]
         delta, U = shape.delta(offset), self._factor() if gptq else None
         codes = np.empty(values.shape, np.int32)
-        dtype = np.float32 if self.values.size >= FLOAT32_ENTRIES else np.float64
         for part in row_runs(*values.shape, GPTQ_RUN if U is not None else None):
             steps = step_map(delta, row_exp[part], shape.col_exp)
             kept = None if mask is None else mask[part]
             if U is not None:
                 codes[part] = gptq_round(values[part], None, steps, CODE_LIMIT, kept, U=U,
-                                         dtype=dtype)
+                                         dtype=U.dtype)
             else:
                 found = np.clip(np.round(values[part] / steps), -CODE_LIMIT, CODE_LIMIT)
                 codes[part] = found if kept is None else np.where(kept, found, 0)
         return narrowest(codes)
 
     def _factor(self):
-        """GPTQ's inverse Cholesky factor of ``H`` (computed once; ``H`` is then dropped), or
-        None when ``H`` is diagonal (one-hot inputs), where GPTQ is rounding."""
+        """GPTQ's inverse Cholesky factor of ``H`` in the arithmetic GPTQ will use (float32 from
+        :data:`FLOAT32_ENTRIES` entries on), computed once (``H`` is then dropped); None when
+        ``H`` is diagonal (one-hot inputs), where GPTQ is rounding."""
         if self.H is not None:
+            dtype = np.float32 if self.values.size >= FLOAT32_ENTRIES else np.float64
             diagonal = not np.any(self.H - np.diag(np.diag(self.H)))
-            self._cholesky = None if diagonal else inverse_cholesky(self.H)
+            self._cholesky = None if diagonal else inverse_cholesky(self.H).astype(dtype, copy=False)
             self.H = None
         return self._cholesky
 

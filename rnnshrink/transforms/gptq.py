@@ -66,7 +66,9 @@ def inverse_cholesky(H, damp=0.01):
 
     Inputs never active (``H[j, j] = 0``) get ``H[j, j] = 1``: their column is rounded
     without passing error on. If ``H`` is still not positive definite, the dampening is
-    multiplied by 10 until it is.
+    multiplied by 10 until it is. One Cholesky factorization and one triangular inverse: with
+    ``H = R Rᵀ``, ``R`` upper (the lower factor of ``H`` with rows and columns reversed,
+    reversed back), ``H⁻¹ = R⁻ᵀ R⁻¹``, so ``U = R⁻¹``.
 
     Parameters
     ----------
@@ -86,8 +88,10 @@ def inverse_cholesky(H, damp=0.01):
         try:
             damped = H.copy()
             damped[diagonal] += damp * 10.0 ** attempt * scale
-            inverse = scipy.linalg.cho_solve(scipy.linalg.cho_factor(damped), np.eye(len(H)))
-            return scipy.linalg.cholesky(inverse, lower=False)
+            lower = scipy.linalg.cholesky(damped[::-1, ::-1], lower=True)
+            U, info = scipy.linalg.lapack.dtrtri(np.ascontiguousarray(lower[::-1, ::-1]))
+            if info == 0:
+                return U
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("H stays singular after dampening")
@@ -170,20 +174,20 @@ def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK, U=None,
     Wt = np.array(np.transpose(W), dtype=dtype, order="C")  # (cols, rows): updated in place
     St = np.array(np.transpose(S), dtype=dtype, order="C")
     dropped = None if mask is None else ~np.transpose(mask)
-    bound = np.inf if limit is None else limit
     codes = np.empty((cols, rows), dtype)
     errors = np.empty((block, rows), dtype)
     for start in range(0, cols, block):
         end = min(start + block, cols)
         for sub in range(start, end, SUB_BLOCK):
             sub_end = min(sub + SUB_BLOCK, end)
-            for column in range(sub, sub_end):
-                q = np.clip(np.round(Wt[column] / St[column]), -bound, bound)
+            for column in range(sub, sub_end):  # ufuncs in place: few calls on short rows
+                q, error = codes[column], errors[column - start]
+                np.rint(np.divide(Wt[column], St[column], out=q), out=q)
+                if limit is not None:
+                    np.clip(q, -limit, limit, out=q)
                 if dropped is not None:
                     q[dropped[column]] = 0.0
-                codes[column] = q
-                error = errors[column - start]
-                np.subtract(Wt[column], q * St[column], out=error)
+                np.subtract(Wt[column], np.multiply(q, St[column], out=error), out=error)
                 error /= U[column, column]
                 Wt[column + 1:sub_end] -= U[column, column + 1:sub_end, None] * error
             Wt[sub_end:end] -= U[sub:sub_end, sub_end:end].T @ errors[sub - start:sub_end - start]
