@@ -243,6 +243,10 @@ class Matrix:
                 codes[part] = found if kept is None else np.where(kept, found, 0)
         return narrowest(codes)
 
+    def release(self):
+        """Drop ``H`` and GPTQ's factor (once every candidate is coded: memory for scoring)."""
+        self.H = self._cholesky = None
+
     def _factor(self):
         """GPTQ's inverse Cholesky factor of ``H`` in the arithmetic GPTQ will use (float32 from
         :data:`FLOAT32_ENTRIES` entries on), computed once (``H`` is then dropped); None when

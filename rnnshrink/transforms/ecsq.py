@@ -120,12 +120,15 @@ class EntropyCode(Transform):
         scorer = _HeldOutScore(model, held_out)
         progress = context.step("ecsq", len(candidates))
         best = None
-        for kind, beta in candidates:
+        for number, (kind, beta) in enumerate(candidates, 1):
             tempered = temper(_sensitivities(model, kind, fit, matrices, context.seed), beta)
             shapes = [step_shape(tempered.pop(m.key)) for m in matrices]
             allocation = Allocation(matrices, shapes, fixed, self.gptq)
             offset = self._offset(model, folded, allocation, budget, held_out)
             offset, coded = self._settled(allocation, offset, budget)
+            if number == len(candidates):  # GPTQ's factors are not needed any more
+                for matrix in matrices:
+                    matrix.release()
             candidate = _rebuild(folded, matrices, coded)
             score = scorer(candidate)
             if best is None or score[0] < best[0][0]:
