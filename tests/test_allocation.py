@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from rnnshrink.transforms.allocation import StepShape, bisect_offset, step_shape
+from rnnshrink.coding import estimate_bits
+from rnnshrink.transforms.allocation import (SAMPLE_CODES, Allocation, Matrix, StepShape,
+                                             bisect_offset, row_sample, step_shape)
 
 
 def test_row_rms_sensitivity_gives_steps_proportional_to_row_rms():
@@ -51,3 +53,36 @@ def test_bisection_reaches_the_budget_from_below():
 def test_bisection_returns_the_coarsest_when_the_budget_is_unreachable():
     offset, found = bisect_offset(lambda t: 100.0, budget=10, high=5.0)
     assert (offset, found) == (5.0, 100.0)
+
+
+def _big_matrix(rows=2048, cols=384, seed=3):
+    """A matrix whose row scales vary by 4 octaves, reading correlated inputs (GPTQ's H)."""
+    rng = np.random.default_rng(seed)
+    rms = 2.0 ** rng.uniform(-3, 1, rows)
+    values = (rng.standard_normal((rows, cols)) * rms[:, None]).astype(np.float32)
+    X = rng.standard_normal((600, cols)) @ (np.eye(cols) + 0.3 * rng.standard_normal((cols, cols)))
+    shape = step_shape(np.broadcast_to(np.mean(X ** 2, axis=0)[None, :], values.shape))
+    return Matrix(("lstm", 0, "W", None), values, H=X.T @ X / len(X),
+                  sample=row_sample(values.shape, rng)), shape
+
+
+def test_row_sample_draws_one_row_per_stratum():
+    rows = row_sample((4000, 512), np.random.default_rng(0))
+    assert rows.size == SAMPLE_CODES // 512
+    strata = np.arange(rows.size + 1) * 4000 // rows.size
+    assert np.all((rows >= strata[:-1]) & (rows < strata[1:]))
+    assert row_sample((500, 512), np.random.default_rng(0)) is None  # small: whole
+
+
+@pytest.mark.parametrize("gptq", [False, True])
+def test_sampled_bytes_are_close_to_the_whole_matrix_and_gptq_rows_are_its_rows(gptq):
+    matrix, shape = _big_matrix()
+    allocation = Allocation([matrix], [shape], 100, gptq)
+    for offset in (-6.0, -3.0):
+        codes = matrix.codes(shape, offset, gptq)
+        whole = allocation.estimated([codes])
+        assert whole == allocation.side + estimate_bits(codes) / 8
+        assert allocation.sampled(offset, gptq) == pytest.approx(whole, rel=0.02)
+        # GPTQ's rows are independent: a subsample's codes are the whole matrix's rows
+        np.testing.assert_array_equal(matrix.codes(shape, offset, gptq, matrix.sample),
+                                      codes[matrix.sample])

@@ -18,7 +18,7 @@ from rnnshrink.io.keras_export import export_keras
 from rnnshrink.io.torch_export import export_torch
 from rnnshrink.errors import OptionError
 from rnnshrink.fidelity import probe_inputs
-from rnnshrink.model import EntropyCoded, run_stack, step_map
+from rnnshrink.model import EntropyCoded, coded, run_stack, step_map
 from rnnshrink.model.weights import LowRank, Quantized, index_encoding
 from rnnshrink.report import format_table, summarize
 from rnnshrink.transforms.quant import quantize_weight
@@ -68,6 +68,19 @@ def test_materialize_is_codes_times_the_step_map_and_bytes_are_real():
     described = weight.describe()
     assert described["kind"] == "coded" and described["bits_per_weight"] == pytest.approx(
         weight.bits_per_weight, abs=1e-3)
+
+
+@pytest.mark.parametrize("spread, dtype", [(0.3, np.int8), (300, np.int16), (1e6, np.int32)])
+def test_codes_kept_narrow_and_operator_built_by_runs_of_rows(monkeypatch, spread, dtype):
+    monkeypatch.setattr(coded, "RUN_ENTRIES", 100)  # several runs of rows
+    codes = np.round(RNG.normal(0, spread, (37, 11))).astype(np.int64)
+    weight = EntropyCoded(codes, 0.5, RNG.integers(-8, 9, 37), RNG.integers(-8, 9, 11))
+    assert weight.codes.dtype == dtype
+    np.testing.assert_array_equal(weight.codes, codes)
+    S = step_map(np.float16(0.5), weight.row_exp, weight.col_exp)
+    np.testing.assert_array_equal(weight.materialize(np.float32), (codes * S).astype(np.float32))
+    x = RNG.normal(0, 1, (3, 11))
+    np.testing.assert_allclose(weight.operator()(x), x @ (codes * S).T, rtol=1e-12)
 
 
 def test_pruned_matrix_codes_and_counts_only_kept_entries():

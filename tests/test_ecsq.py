@@ -5,14 +5,15 @@ import pytest
 
 from rnnshrink.errors import OptionError
 from rnnshrink.fidelity import compare, probe_inputs
+from rnnshrink.model import Model
 from rnnshrink.model.coded import EntropyCoded
 from rnnshrink.model.weights import LowRank
 from rnnshrink.pipeline import Pipeline, parse_step
 from rnnshrink.report import summarize
-from rnnshrink.transforms import Context
+from rnnshrink.transforms import Context, allocation, ecsq
 from rnnshrink.transforms.ecsq import EntropyCode
 
-from _models import apply_checked, charlm, contract_builds, stack_model
+from _models import apply_checked, charlm, contract_builds, lstm_layer, stack_model
 
 
 def _ratio(before, after, names=None):
@@ -99,3 +100,37 @@ def test_refuses_quantized_weights_and_ambiguous_goals():
     with pytest.raises(OptionError, match="exactly one"):
         EntropyCode()
 
+
+
+def _mid_model(hidden=384, seed=0):
+    """Two LSTM layers of ``hidden`` units reading ``hidden`` inputs (2.4 M weights at 384),
+    weights of scale 1 / sqrt(hidden): matrices above the search's subsample size."""
+    rng = np.random.default_rng(seed)
+    scale = hidden ** -0.5
+    layers = [lstm_layer("lstm_0", hidden, hidden, rng, scale=scale),
+              lstm_layer("lstm_1", hidden, hidden, rng, scale=scale, inputs=["lstm_0"])]
+    return Model(layers=layers, format="test", topology="unknown")
+
+
+def test_mid_size_model_meets_the_ratio_from_the_row_subsamples(monkeypatch):
+    model = _mid_model()
+    x = probe_inputs(model, batch=8, steps=40)[0]
+    passes = []
+    whole_model_codes = allocation.Allocation.codes
+    monkeypatch.setattr(allocation.Allocation, "codes",
+                        lambda self, offset: passes.append(offset) or whole_model_codes(self, offset))
+    out = EntropyCode(ratio=8, sensitivity="hessian", beta=1.0).apply(model, Context(inputs=x))
+    assert 8 <= _ratio(model, out) <= 8 * 1.01
+    assert 1 <= len(passes) <= 2  # the search ran on the subsamples: the whole model coded once
+
+
+def test_large_models_try_one_candidate_and_say_so(monkeypatch):
+    monkeypatch.setattr(ecsq, "LARGE", 100)
+    model = stack_model(sizes=(6, 20, 16))
+    x = probe_inputs(model, batch=8)[0]
+    out = EntropyCode(ratio=4).apply(model, Context(inputs=x))
+    (main,) = [note for note in out.notes if "rerun:" in note]
+    assert "sensitivity hessian, beta 0.5" in main
+    assert any("one candidate, hessian with beta 0.5" in note for note in out.notes)
+    given = EntropyCode(ratio=4, sensitivity="fisher").apply(model, Context(inputs=x))
+    assert not any("one candidate" in note for note in given.notes)

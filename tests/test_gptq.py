@@ -12,7 +12,8 @@ from rnnshrink.model.weights import LowRank, Quantized
 from rnnshrink.report import summarize
 from rnnshrink.transforms import MagnitudePrune, Quantize
 from rnnshrink.transforms.base import Context
-from rnnshrink.transforms.gptq import gptq_codes, hessian, lstm_samples, sample_index
+from rnnshrink.transforms.gptq import (gptq_codes, gptq_round, hessian, inverse_cholesky,
+                                      lstm_samples, sample_index)
 from rnnshrink.transforms.quant import quantize_matrix
 
 from _models import assert_contract, assert_unchanged, charlm, snapshot, stack_model
@@ -51,6 +52,32 @@ def test_lower_output_error_with_correlated_inputs(grid, bits):
     assert (gptq.group, gptq.bits, gptq.nbytes) == (rtn.group, rtn.bits, rtn.nbytes)
     assert np.abs(gptq.codes.astype(int)).max() <= 2 ** (bits - 1) - 1
     assert np.abs(gptq.codes.astype(int)).max() == 2 ** (bits - 1) - 1
+
+
+def _plain_gptq(W, S, U):
+    """Algorithm 1 without lazy updates: round column j, pass its error on to every later one."""
+    W, codes = W.copy(), np.zeros(W.shape, np.int64)
+    for j in range(W.shape[1]):
+        codes[:, j] = np.round(W[:, j] / S[:, j])
+        error = (W[:, j] - codes[:, j] * S[:, j]) / U[j, j]
+        W[:, j + 1:] -= np.outer(error, U[j, j + 1:])
+    return codes
+
+
+@pytest.mark.parametrize("block", [128, 37])
+def test_blocked_updates_give_the_plain_algorithm_and_rows_are_independent(block):
+    rng = np.random.default_rng(4)
+    W, X = rng.normal(0, 1, (96, 200)), _correlated(rng, 1000, 200)
+    S = np.exp(rng.normal(-1, 0.3, W.shape))
+    U = inverse_cholesky(hessian(X))
+    codes = gptq_round(W, None, S, U=U, block=block)
+    assert codes.dtype == np.int32
+    np.testing.assert_array_equal(codes, _plain_gptq(W, S, U))
+    rows = np.array([3, 4, 50, 95])
+    np.testing.assert_array_equal(gptq_round(W[rows], None, S[rows], U=U, block=block),
+                                  codes[rows])
+    single = gptq_round(W, None, S, U=U, block=block, dtype=np.float32)
+    assert np.count_nonzero(single != codes) <= 0.001 * codes.size  # ties only
 
 
 def test_mask_keeps_pruned_entries_at_zero():

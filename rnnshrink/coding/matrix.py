@@ -40,6 +40,7 @@ VERSION = 1
 _HEADER = "<BBBBI"
 _PARTS = ("header", "side", "escapes", "stream")
 _CHUNK = 1 << 20
+_NARROW = tuple(np.dtype(name) for name in ("int8", "int16", "int32", "uint8", "uint16"))
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ class CodedMatrix:
 
 
 def checked_codes(codes, mask=None):
-    """``codes`` as int32 and ``mask`` as bool, validated.
+    """``codes`` as integers of at most 32 bits (int8, int16, uint8 and uint16 kept as they are,
+    so no wider copy of them is made; others as int32) and ``mask`` as bool, validated.
 
     Raises
     ------
@@ -118,7 +120,8 @@ def checked_codes(codes, mask=None):
         raise ValueError(f"codes must be a 2-D integer array, got {codes.dtype} of shape {codes.shape}")
     if codes.size and (codes.min() < -(2**31 - 1) or codes.max() > 2**31 - 1):
         raise ValueError("codes must lie within ±(2^31 - 1)")
-    codes = codes.astype(np.int32, copy=False)
+    if codes.dtype not in _NARROW:
+        codes = codes.astype(np.int32)
     if mask is not None:
         mask = np.asarray(mask, bool)
         if mask.shape != codes.shape:
@@ -163,7 +166,7 @@ def encode(codes, mask=None):
     used, contexts = _contexts(choice.axis, choice.scales, codes.shape, mask)
     K, starts, freq, cum = _flat_tables(choice.shape_index, used)
     values = codes.ravel() if mask is None else codes[mask]
-    symbols = np.empty(values.size, np.int32)
+    symbols = np.empty(values.size, np.uint16 if freq.size <= 2 ** 16 else np.int32)
     escapes = []
     for begin in range(0, values.size, _CHUNK):  # in chunks: no full-size int64 temporaries
         part = values[begin:begin + _CHUNK].astype(np.int64)
@@ -175,8 +178,10 @@ def encode(codes, mask=None):
         escapes.append(part[~inside].astype(f"<i{choice.width}").tobytes())
     header = struct.pack(_HEADER, VERSION, choice.shape_index, choice.axis, choice.width,
                          checksum(choice.shape_index, used))
+    stream = rans.encode(symbols, freq, cum)
+    del symbols, contexts  # before the check decodes a second copy
     coded = CodedMatrix(codes.shape, header, side_bytes(choice.scales), b"".join(escapes),
-                        rans.encode(symbols, freq, cum), mask)
+                        stream, mask)
     if not np.array_equal(decode(coded), codes):
         raise RuntimeError("internal error: the entropy-coded matrix does not decode to its codes")
     return coded
@@ -208,12 +213,16 @@ def decode(coded):
                          "the file was written with (CRC mismatch): floating-point functions "
                          "round differently on this platform, or the file is damaged")
     K, starts, freq, cum = _flat_tables(shape_index, used)
-    symbols = rans.decode(coded.stream, rans.decode_table(freq, cum), coded.count, contexts)
+    found = rans.decode(coded.stream, rans.decode_table(freq, cum), coded.count, contexts)
+    del contexts
     values = np.concatenate([np.arange(-k, k + 2, dtype=np.int32) for k in K])  # k + 1: escape
     is_escape = np.zeros(values.size, bool)
     is_escape[starts[1:] - 1] = True
-    found = values[symbols]
-    escaped = is_escape[symbols]
+    escaped = np.empty(found.size, bool)
+    for begin in range(0, found.size, _CHUNK):  # symbols to codes in place, a chunk at a time
+        part = found[begin:begin + _CHUNK]
+        escaped[begin:begin + _CHUNK] = is_escape[part]
+        part[:] = values[part]
     if len(coded.escapes) != int(np.count_nonzero(escaped)) * width:
         raise ValueError("coded matrix escape list does not match its stream")
     found[escaped] = np.frombuffer(coded.escapes, f"<i{width}")
@@ -249,7 +258,8 @@ def _contexts(axis, scales, shape, mask):
         local = np.zeros(NUM_SCALES, np.uint16)
         local[used] = np.arange(used.size)
         if mask is None:
-            return used, local[np.clip(r[:, None] + c, 0, NUM_SCALES - 1)].ravel()
+            sums = r[:, None] + c
+            return used, local[np.clip(sums, 0, NUM_SCALES - 1, out=sums)].ravel()
         kept_rows, kept_cols = np.nonzero(mask)
         return used, local[np.clip(r[kept_rows] + c[kept_cols], 0, NUM_SCALES - 1)]
     used = np.unique(scales)

@@ -140,7 +140,7 @@ def decode(stream, tables, count, contexts=None):
     step_table, symbol_table = tables
     x = np.frombuffer(stream, "<u4", lanes).astype(np.int64)
     words = np.frombuffer(stream, "<u2", offset=4 * lanes).astype(np.int64)
-    found = np.empty(count, np.int64)  # the table index of each symbol, then the symbol
+    found = np.empty(count, np.int32)  # the table index of each symbol, then the symbol
     read = 0
     for start, stop in _blocks(count, lanes):
         base = None if contexts is None else contexts[start:stop].astype(np.int64) << PROB_BITS
@@ -163,4 +163,6 @@ def decode(stream, tables, count, contexts=None):
             read += refill.size
     if read != words.size or np.any(x != STATE_LOW):
         raise ValueError("coded stream does not decode to its end")
-    return symbol_table[found]
+    for start in range(0, count, _BLOCK):  # table indices to symbols in place
+        found[start:start + _BLOCK] = symbol_table[found[start:start + _BLOCK]]
+    return found

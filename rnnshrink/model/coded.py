@@ -19,6 +19,8 @@ from ..coding.matrix import checked_codes
 from .weights import Quantized, Weight, index_encoding
 
 _EXPONENT_STEPS = 8  # exponents count eighths of an octave
+# Entries per run of rows when a matrix is processed piecewise (:func:`row_runs`).
+RUN_ENTRIES = 1 << 20
 
 
 def step_map(delta, row_exp, col_exp):
@@ -33,6 +35,25 @@ def step_map(delta, row_exp, col_exp):
     rows = np.exp2(np.asarray(row_exp, np.float64) / _EXPONENT_STEPS)
     cols = np.exp2(np.asarray(col_exp, np.float64) / _EXPONENT_STEPS)
     return float(delta) * rows[:, None] * cols[None, :]
+
+
+def row_runs(rows, cols, entries=None):
+    """Slices of consecutive rows of a (rows, cols) matrix, about ``entries`` entries each
+    (:data:`RUN_ENTRIES` by default; at least one row): how big matrices are processed without
+    full-size temporaries."""
+    stride = max(1, (entries or RUN_ENTRIES) // max(cols, 1))
+    return [slice(start, min(start + stride, rows)) for start in range(0, rows, stride)]
+
+
+def narrowest(codes):
+    """``codes`` as int8 or int16 when their values fit, else as they are (a quarter or half of
+    int32's memory for the codes a rate allocation keeps)."""
+    codes = np.asarray(codes)
+    largest = max(int(codes.max(initial=0)), -int(codes.min(initial=0)))
+    for dtype in (np.int8, np.int16):
+        if largest <= np.iinfo(dtype).max:
+            return codes.astype(dtype, copy=False)
+    return codes
 
 
 def _packed_exponents(row_exp, col_exp):
@@ -70,7 +91,8 @@ class EntropyCoded(Weight):
     def __init__(self, codes, delta, row_exp, col_exp, mask=None):
         codes, mask = checked_codes(codes, mask)
         self._set_steps(codes.shape, delta, row_exp, col_exp)
-        self.codes, self.coded = codes, coding.encode(codes, mask)
+        self.coded = coding.encode(codes, mask)
+        self.codes = narrowest(codes)
 
     @classmethod
     def from_coded(cls, coded, delta, row_exp, col_exp):
@@ -78,7 +100,7 @@ class EntropyCoded(Weight):
         step map; the mask is ``coded.mask``."""
         weight = cls.__new__(cls)
         weight._set_steps(coded.shape, delta, row_exp, col_exp)
-        weight.codes, weight.coded = coding.decode(coded), coded
+        weight.codes, weight.coded = narrowest(coding.decode(coded)), coded
         return weight
 
     def _set_steps(self, shape, delta, row_exp, col_exp):
@@ -117,7 +139,21 @@ class EntropyCoded(Weight):
         return step_map(self.delta, self.row_exp, self.col_exp)
 
     def materialize(self, dtype=np.float64):
-        return (self.codes * self.step_matrix()).astype(dtype)
+        found = np.empty(self.shape, dtype)
+        for part in row_runs(*self.shape):
+            found[part] = self._product(part)
+        return found
+
+    def operator(self, dtype=np.float64):
+        # the transposed matrix built a run of rows at a time: one allocation
+        transposed = np.empty(self.shape[::-1], dtype)
+        for part in row_runs(*self.shape):
+            transposed[:, part] = self._product(part).T
+        return lambda x: x @ transposed
+
+    def _product(self, part):
+        """``codes · S`` of the rows ``part``, float64."""
+        return self.codes[part] * step_map(self.delta, self.row_exp[part], self.col_exp)
 
     @property
     def stored_codes(self):

@@ -12,8 +12,16 @@ each matrix's inputs), except for a matrix reading one-hot inputs (diagonal ``H`
 
 The calibration inputs (the user's, or the probes rnnshrink makes) are split in two halves:
 the first gives the sensitivities and ``H``, the second picks ``β`` (and the sensitivity,
-when ``auto`` has two to choose from) by the output error it gives. The biases of the coded
-layers are folded into one float16 vector.
+when ``auto`` has two to choose from) by the output error it gives. Above :data:`LARGE` coded
+weights ``auto`` tries one candidate (``hessian``, else ``rms``, with β = 0.5) and says so in
+a note. The biases of the coded layers are folded into one float16 vector.
+
+For a ratio, the offset is bisected on the estimated bytes of rounded, then GPTQ codes of a
+seeded subsample of each big matrix's rows (:class:`.allocation.Allocation`; whole matrices up
+to :data:`.allocation.SAMPLE_CODES` entries), then settled on the whole model: its GPTQ codes'
+estimated bytes, then the real coded bytes, each miss corrected by the slope of the sampled
+size, so a big model is GPTQ-coded whole about once or twice per candidate. Matrices are held
+as stored and processed a run of rows at a time.
 
 References
 ----------
@@ -23,59 +31,34 @@ Lagrangian ``D + λR``); Han, Mao & Dally, "Deep Compression", ICLR 2016; Franta
 """
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 
-from .. import coding
 from ..errors import OptionError
 from ..fidelity import compare, probe_inputs
 from ..model import Dense
-from ..model.coded import EntropyCoded
+from ..model.coded import row_runs
 from ..model.weights import LowRank, Sparse
 from ..probes import Probes, softmax_head
 from ..sensitivity import (available_kinds, fisher_problem, floored, head_log_probs, output_kl,
                            second_moments, sensitivities, temper)
-from .allocation import OFFSET_RANGE, bisect_offset, offset_text, step_shape
+from .allocation import (OFFSET_RANGE, Allocation, Matrix, bisect_offset, offset_text,
+                         row_sample, step_shape)
 from .base import Context, Param, Transform
-from .gptq import gptq_round, inverse_cholesky
 
 BETAS = (0.5, 1.0)
-# GPTQ codes carry a little more entropy than rounded ones: the offset found on rounded codes
-# is refined on the real coded bytes of GPTQ codes, up to this many octaves above it.
+# Above this many coded weights ``auto`` tries one candidate, the strongest sensitivity but
+# fisher (per-sequence gradients as big as the model) with beta 0.5, the best on every model
+# measured; each candidate costs a few passes of GPTQ over the whole model.
+LARGE = 5_000_000
+LARGE_BETA = 0.5
+# GPTQ's codes carry a little more entropy than rounded ones: the offset found on rounded codes
+# is refined on GPTQ codes, up to this many octaves above it.
 GPTQ_BRACKET = 1.0
-# Corrections of the offset from the estimated to the real coded size.
+# Corrections of the offset from the estimated to the real coded size, aiming at this fraction
+# of the budget.
 SETTLE_STEPS = 8
-
-
-@dataclass
-class _Matrix:
-    """One coded matrix: where it sits (layer, direction, role, factor), what it holds."""
-
-    key: tuple
-    values: np.ndarray
-    mask: np.ndarray = None
-    H: np.ndarray = None
-    _cholesky: np.ndarray = None
-
-    def codes(self, steps, gptq):
-        """Integer codes on the step map ``steps``: GPTQ's, or the rounded weights."""
-        if gptq and self.H is not None:
-            if self._cholesky is None:
-                self._cholesky = inverse_cholesky(self.H)
-            return gptq_round(self.values, None, steps, mask=self.mask, U=self._cholesky)
-        codes = np.round(self.values / steps).astype(np.int64)
-        return codes if self.mask is None else np.where(self.mask, codes, 0)
-
-    def coded(self, shape, offset, gptq):
-        codes = self.codes(shape.steps(offset), gptq)
-        return EntropyCoded(codes, shape.delta(offset), shape.row_exp, shape.col_exp, self.mask)
-
-    def estimated_bytes(self, shape, offset, gptq=False):
-        """:attr:`coded` 's bytes as :func:`rnnshrink.coding.estimate_bits` predicts them."""
-        codes = self.codes(shape.steps(offset), gptq)
-        return (coding.estimate_bits(codes, self.mask) / 8
-                + EntropyCoded.side_bytes(shape.row_exp, shape.col_exp, self.mask))
+AIM = 0.995
 
 
 class EntropyCode(Transform):
@@ -128,24 +111,29 @@ class EntropyCode(Transform):
         layers = self.selected_layers(model)
         x = context.inputs if context.inputs is not None else probe_inputs(model)[0]
         fit, held_out = (Probes(half, context.probe) for half in _halves(x))
-        matrices = _codable(layers)
+        matrices = _codable(layers, context.seed)
         _attach_hessians(model, matrices, fit, context.seed)
         folded = _fold_biases(model, layers)
         fixed = sum(_bias_bytes(folded.layer(layer.name)) for layer in layers)
         budget = sum(layer.nbytes for layer in layers) / self.ratio if self.ratio else None
-        candidates = self._candidates(model, fit, matrices)
+        candidates, large = self._candidates(model, fit, matrices)
         scorer = _HeldOutScore(model, held_out)
         progress = context.step("ecsq", len(candidates))
         best = None
-        for kind, beta in candidates:
+        for number, (kind, beta) in enumerate(candidates, 1):
             tempered = temper(_sensitivities(model, kind, fit, matrices, context.seed), beta)
-            shapes = [step_shape(tempered[m.key]) for m in matrices]
-            offset = self._offset(model, folded, matrices, shapes, fixed, budget, held_out)
-            offset, coded = self._settled(matrices, shapes, offset, fixed, budget)
+            shapes = [step_shape(tempered.pop(m.key)) for m in matrices]
+            allocation = Allocation(matrices, shapes, fixed, self.gptq)
+            offset = self._offset(model, folded, allocation, budget, held_out)
+            offset, coded = self._settled(allocation, offset, budget)
+            if number == len(candidates):  # GPTQ's factors are not needed any more
+                for matrix in matrices:
+                    matrix.release()
             candidate = _rebuild(folded, matrices, coded)
             score = scorer(candidate)
             if best is None or score[0] < best[0][0]:
                 best = (score, kind, beta, offset, candidate, coded)
+            del candidate, coded
             progress.update()
         progress.close()
         (_, score_text), kind, beta, offset, result, coded = best
@@ -154,59 +142,80 @@ class EntropyCode(Transform):
             f"ecsq: sensitivity {kind}, beta {beta:g}, {offset_text(offset)}, {codes} codes, "
             f"biases folded to float16; held-out {score_text} on {held_out.description or 'probes'} "
             f"(rerun: ecsq:offset={offset:.6f},sensitivity={kind},beta={beta:g})"]
+        if large:
+            notes.append(f"ecsq: {sum(m.count for m in matrices):,} coded weights (over "
+                         f"{LARGE:,}): one candidate, {kind} with beta {beta:g}, tried; give "
+                         "sensitivity= and beta= for another")
         notes += [f"ecsq: {_key_text(m.key)}: {c.bits_per_weight:.2f} bits/weight"
                   for m, c in zip(matrices, coded)]
         return result.replace(notes=notes)
 
     def _candidates(self, model, probes, matrices):
         """(sensitivity, beta) pairs to try: as given, else the two strongest kinds the model
-        allows (``fisher`` only for whole matrices) with beta 0.5 and 1."""
+        allows (``fisher`` only for whole matrices) with beta 0.5 and 1; above :data:`LARGE`
+        coded weights, the strongest but ``fisher`` with :data:`LARGE_BETA` only. Also whether
+        that cut applied."""
+        large = (self.sensitivity == "auto" and self.beta is None
+                 and sum(m.count for m in matrices) > LARGE)
         if self.sensitivity != "auto":
             kinds = [self.sensitivity]
+        elif large:
+            kinds = [k for k in available_kinds(model, probes) if k != "fisher"][-1:]
         else:
             factored = any(m.key[3] is not None for m in matrices)
             kinds = [k for k in available_kinds(model, probes) if k != "fisher" or not factored][-2:]
-        if "fisher" in kinds or self.sensitivity == "fisher":
+        if "fisher" in kinds:
             problem = fisher_problem(model, probes)
             if problem is not None:
                 raise OptionError(f"ecsq: {problem}")
-        betas = (self.beta,) if self.beta is not None else BETAS
-        return [(kind, beta) for kind in kinds for beta in (betas if kind != "rms" else (1.0,))]
+        betas = (self.beta,) if self.beta is not None else (LARGE_BETA,) if large else BETAS
+        pairs = [(kind, beta) for kind in kinds for beta in (betas if kind != "rms" else (1.0,))]
+        return pairs, large
 
-    def _settled(self, matrices, shapes, offset, fixed, budget):
+    def _settled(self, allocation, offset, budget):
         """The coded matrices at ``offset``, moved until the real coded bytes are within 1 %
-        below ``budget`` (the estimate is within about that already): (offset, coded)."""
-        codes = sum(m.values.size if m.mask is None else int(m.mask.sum()) for m in matrices)
+        below ``budget``: (offset, coded).
+
+        Each step computes the codes of the whole model and their estimated bytes; only an
+        estimate within that band is coded for real (the estimate is within a fraction of a
+        percent of the real bytes, and their ratio corrects later estimates). A size outside
+        the band moves the offset by the slope of the sampled size (:meth:`.allocation.Allocation.correction`)
+        toward :data:`AIM` of the budget."""
+        if budget is None:
+            return offset, allocation.coded(offset)
+        bias, coded, size = 1.0, None, None
         for _ in range(SETTLE_STEPS):
-            coded = [m.coded(s, offset, self.gptq) for m, s in zip(matrices, shapes)]
-            size = fixed + sum(c.nbytes for c in coded)
-            if budget is None or budget * 0.99 <= size <= budget:
-                break
-            # about one bit per code per octave of step: bytes fall by codes / 8 per unit offset
-            offset += (size - budget * (0.995 if size > budget else 0.997)) / (codes / 8)
-        if budget is not None and size > budget:
+            codes = allocation.codes(offset)
+            estimate = bias * allocation.estimated(codes)
+            if _fits(estimate, budget):
+                coded = allocation.coded(offset, codes)
+                size = allocation.fixed + sum(c.nbytes for c in coded)
+                if _fits(size, budget):
+                    return offset, coded
+                bias *= size / estimate
+                estimate = size
+            del codes
+            offset += allocation.correction(offset, estimate, AIM * budget)
+        if size is None or size > budget:
             raise OptionError(f"ecsq: the coded size did not settle within 1 % of "
-                              f"ratio={self.ratio:g} ({size} bytes for a budget of {budget:.0f})")
+                              f"ratio={self.ratio:g} ({estimate:.0f} bytes for a budget of "
+                              f"{budget:.0f})")
         return offset, coded
 
-    def _offset(self, model, folded, matrices, shapes, fixed, budget, held_out):
-        """The allocation's offset: as given, for the target size, or for the error limit."""
+    def _offset(self, model, folded, allocation, budget, held_out):
+        """The allocation's offset: as given, for the target size (on the row subsamples), or
+        for the error limit."""
         if self.offset is not None:
             return self.offset
         if budget is not None:
-            def estimated(gptq):
-                return lambda t: fixed + sum(m.estimated_bytes(s, t, gptq)
-                                             for m, s in zip(matrices, shapes))
-
-            offset = bisect_offset(estimated(False), budget)[0]
+            offset = bisect_offset(lambda t: allocation.sampled(t, False), budget)[0]
             if self.gptq:  # GPTQ's codes: a little more entropy at the same steps
-                offset = bisect_offset(estimated(True), budget, offset - 0.25,
-                                       offset + GPTQ_BRACKET, tolerance=0.005)[0]
+                offset = bisect_offset(lambda t: allocation.sampled(t, True), budget,
+                                       offset - 0.25, offset + GPTQ_BRACKET, tolerance=0.005)[0]
             return offset
 
         def within(offset):
-            coded = [m.coded(s, offset, self.gptq) for m, s in zip(matrices, shapes)]
-            candidate = _rebuild(folded, matrices, coded)
+            candidate = _rebuild(folded, allocation.matrices, allocation.coded(offset))
             return compare(model, candidate, held_out.x)["output_rel_error"] <= self.error
 
         low, high = OFFSET_RANGE
@@ -219,15 +228,22 @@ class EntropyCode(Transform):
         return low
 
 
+def _fits(size, budget):
+    """Whether ``size`` bytes are within 1 % below ``budget``."""
+    return budget * 0.99 <= size <= budget
+
+
 def _halves(x):
     """Calibration inputs split into fitting and held-out halves along the batch."""
     half = len(x) // 2
     return (x, x) if half == 0 else (x[:half], x[half:])
 
 
-def _codable(layers):
-    """The matrices ecsq codes: dense ones, sparse ones (their mask kept), low-rank factors."""
+def _codable(layers, seed):
+    """The matrices ecsq codes: dense ones, sparse ones (their mask kept), low-rank factors;
+    each with a seeded subsample of its rows when it has over :data:`SAMPLE_CODES` entries."""
     found = []
+    rng = np.random.default_rng(seed)
     for layer in layers:
         for k, direction in enumerate(layer.directions):
             for role, weight in direction.matrices.items():
@@ -239,14 +255,16 @@ def _codable(layers):
                             f"ecsq: layer {layer.name} {role}[{k}] is {part.kind}: ecsq codes "
                             "dense, pruned or low-rank weights (use it instead of quant)")
                     mask = part.mask if isinstance(part, Sparse) else None
-                    found.append(_Matrix((layer.name, k, role, factor), part.materialize(), mask))
+                    values = part.materialize(part.values.dtype)  # a Dense's own array
+                    found.append(Matrix((layer.name, k, role, factor), values, mask,
+                                         sample=row_sample(values.shape, rng)))
     return found
 
 
 def _attach_hessians(model, matrices, probes, seed):
     """``H = E[x xᵀ]`` of what each matrix reads on ``probes`` in the original model (a factor
-    ``U`` of ``U V`` reads ``V x``: ``V H Vᵀ``). One-hot inputs give a diagonal ``H``, on which
-    GPTQ is plain rounding."""
+    ``U`` of ``U V`` reads ``V x``: ``V H Vᵀ``), and its diagonal. One-hot inputs give a
+    diagonal ``H``, on which GPTQ is plain rounding."""
     moments = second_moments(model, probes, seed)
     factors = {}
     for matrix in matrices:
@@ -256,7 +274,7 @@ def _attach_hessians(model, matrices, probes, seed):
             V = factors[(name, k, role)]
             H = V @ H @ V.T
         factors[(name, k, role)] = matrix.values
-        matrix.H = H
+        matrix.H, matrix.h_diag = H, np.diag(H).copy()
 
 
 def _sensitivities(model, kind, probes, matrices, seed):
@@ -268,9 +286,11 @@ def _sensitivities(model, kind, probes, matrices, seed):
     weights = {}
     for m in matrices:
         if kind == "rms":
-            w = (1.0 / floored(np.mean(m.values ** 2, axis=1)))[:, None]
+            square = np.concatenate([np.mean(np.square(m.values[part], dtype=np.float64), axis=1)
+                                     for part in row_runs(*m.values.shape)])
+            w = (1.0 / floored(square))[:, None]
         else:
-            w = floored(np.diag(m.H))[None, :]
+            w = floored(m.h_diag)[None, :]
         weights[m.key] = np.broadcast_to(w, m.values.shape)
     return weights
 

@@ -5,7 +5,8 @@ For a matrix ``W`` (rows, cols) reading inputs ``x`` (cols,), GPTQ picks codes t
 ``damp · mean(diag H)``) and ``U`` the upper Cholesky factor of ``H⁻¹``, the columns are
 rounded one by one, and the rounding error of column ``j``, divided by ``U[j, j]``, is
 subtracted from the columns not rounded yet in proportion to ``U[j, j+1:]`` (Algorithm 1 of
-the paper: blocks of 128 columns, the updates beyond the block applied once per block).
+the paper: blocks of 128 columns, the updates beyond the block applied once per block; here
+also sub-blocks of 16 within a block, and the work done on ``Wᵀ``, a run of rows at a time).
 The grid is the caller's: the steps are fixed before any column is rounded (computed from the
 original weights, as the round-to-nearest path does), and the codes are clamped to
 ``[-(2^(b-1) - 1), 2^(b-1) - 1]``, so only the codes differ from plain rounding. With
@@ -41,6 +42,8 @@ from ..model.weights import Dense
 # At most this many (sequence, time) samples per matrix for H.
 MAX_SAMPLES = 20_000
 BLOCK = 128
+# Columns per inner lazy update within a block (see :func:`gptq_round`).
+SUB_BLOCK = 16
 
 
 def hessian(samples):
@@ -63,7 +66,9 @@ def inverse_cholesky(H, damp=0.01):
 
     Inputs never active (``H[j, j] = 0``) get ``H[j, j] = 1``: their column is rounded
     without passing error on. If ``H`` is still not positive definite, the dampening is
-    multiplied by 10 until it is.
+    multiplied by 10 until it is. One Cholesky factorization and one triangular inverse: with
+    ``H = R Rᵀ``, ``R`` upper (the lower factor of ``H`` with rows and columns reversed,
+    reversed back), ``H⁻¹ = R⁻ᵀ R⁻¹``, so ``U = R⁻¹``.
 
     Parameters
     ----------
@@ -83,8 +88,10 @@ def inverse_cholesky(H, damp=0.01):
         try:
             damped = H.copy()
             damped[diagonal] += damp * 10.0 ** attempt * scale
-            inverse = scipy.linalg.cho_solve(scipy.linalg.cho_factor(damped), np.eye(len(H)))
-            return scipy.linalg.cholesky(inverse, lower=False)
+            lower = scipy.linalg.cholesky(damped[::-1, ::-1], lower=True)
+            U, info = scipy.linalg.lapack.dtrtri(np.ascontiguousarray(lower[::-1, ::-1]))
+            if info == 0:
+                return U
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("H stays singular after dampening")
@@ -132,9 +139,17 @@ def gptq_codes(W, H, steps, bits, group=None, mask=None, damp=0.01, block=BLOCK)
     return gptq_round(W, H, S, limit, mask, damp, block).astype(np.int8)
 
 
-def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK, U=None):
+def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK, U=None,
+               dtype=np.float64):
     """GPTQ's integer codes for ``W`` on a step per entry ``S`` (any grid, e.g. an entropy
     coder's step map), clamped to ``[-limit, limit]`` when ``limit`` is given.
+
+    The rows are independent, so a caller may pass any run of rows (with their steps and mask)
+    to bound memory. The work is done on ``Wᵀ`` (a column of ``W`` is then contiguous) with
+    two levels of lazy updates: within a block of :data:`BLOCK` columns, sub-blocks of
+    :data:`SUB_BLOCK` are updated column by column and passed on to the rest of the block by
+    one product; the block is passed on to the later columns by one product (Algorithm 1's
+    lazy batch update, applied twice). The arithmetic is that of the plain algorithm.
 
     Parameters
     ----------
@@ -146,32 +161,38 @@ def gptq_round(W, H, S, limit=None, mask=None, damp=0.01, block=BLOCK, U=None):
     block : int
     U : ndarray of shape (cols, cols), optional
         ``inverse_cholesky(H, damp)`` when already computed (``H`` is then not used).
+    dtype : {numpy.float64, numpy.float32}
+        Arithmetic of the updates; float32 halves time and memory (codes then differ from
+        float64's only where a value falls within rounding noise of a half step).
 
     Returns
     -------
-    ndarray of int64, shape (rows, cols)
+    ndarray of int32, shape (rows, cols)
     """
-    W = np.array(W, dtype=np.float64)
-    S = np.asarray(S, dtype=np.float64)
-    rows, cols = W.shape
-    U = inverse_cholesky(H, damp) if U is None else U
-    codes = np.zeros((rows, cols), np.int64)
+    rows, cols = np.shape(W)
+    U = (inverse_cholesky(H, damp) if U is None else U).astype(dtype, copy=False)
+    Wt = np.array(np.transpose(W), dtype=dtype, order="C")  # (cols, rows): updated in place
+    St = np.array(np.transpose(S), dtype=dtype, order="C")
+    dropped = None if mask is None else ~np.transpose(mask)
+    codes = np.empty((cols, rows), dtype)
+    errors = np.empty((block, rows), dtype)
     for start in range(0, cols, block):
         end = min(start + block, cols)
-        Wb = W[:, start:end].copy()
-        errors = np.zeros_like(Wb)
-        for j in range(end - start):
-            column = start + j
-            q = np.round(Wb[:, j] / S[:, column])
-            if limit is not None:
-                q = np.clip(q, -limit, limit)
-            if mask is not None:
-                q = np.where(mask[:, column], q, 0.0)
-            codes[:, column] = q
-            errors[:, j] = (Wb[:, j] - q * S[:, column]) / U[column, column]
-            Wb[:, j:] -= np.outer(errors[:, j], U[column, column:end])
-        W[:, end:] -= errors @ U[start:end, end:]
-    return codes
+        for sub in range(start, end, SUB_BLOCK):
+            sub_end = min(sub + SUB_BLOCK, end)
+            for column in range(sub, sub_end):  # ufuncs in place: few calls on short rows
+                q, error = codes[column], errors[column - start]
+                np.rint(np.divide(Wt[column], St[column], out=q), out=q)
+                if limit is not None:
+                    np.clip(q, -limit, limit, out=q)
+                if dropped is not None:
+                    q[dropped[column]] = 0.0
+                np.subtract(Wt[column], np.multiply(q, St[column], out=error), out=error)
+                error /= U[column, column]
+                Wt[column + 1:sub_end] -= U[column, column + 1:sub_end, None] * error
+            Wt[sub_end:end] -= U[sub:sub_end, sub_end:end].T @ errors[sub - start:sub_end - start]
+        Wt[end:] -= U[start:end, end:].T @ errors[:end - start]
+    return np.ascontiguousarray(codes.T, dtype=np.int32)
 
 
 def sample_index(batch, steps, seed=0, limit=MAX_SAMPLES):
