@@ -57,7 +57,7 @@ LARGE_BETA = 0.5
 GPTQ_BRACKET = 1.0
 # Corrections of the offset from the estimated to the real coded size, aiming at this fraction
 # of the budget.
-SETTLE_STEPS = 8
+SETTLE_STEPS = 12
 AIM = 0.995
 
 
@@ -183,7 +183,7 @@ class EntropyCode(Transform):
         toward :data:`AIM` of the budget."""
         if budget is None:
             return offset, allocation.coded(offset)
-        bias, coded, size = 1.0, None, None
+        bias, over, under, estimate = 1.0, None, None, None
         for _ in range(SETTLE_STEPS):
             codes = allocation.codes(offset)
             estimate = bias * allocation.estimated(codes)
@@ -195,12 +195,21 @@ class EntropyCode(Transform):
                 bias *= size / estimate
                 estimate = size
             del codes
-            offset += allocation.correction(offset, estimate, AIM * budget)
-        if size is None or size > budget:
-            raise OptionError(f"ecsq: the coded size did not settle within 1 % of "
-                              f"ratio={self.ratio:g} ({estimate:.0f} bytes for a budget of "
-                              f"{budget:.0f})")
-        return offset, coded
+            if estimate > budget:
+                over = offset
+            else:
+                under = offset
+            if over is not None and under is not None:  # a jumpy size (escapes): bisect
+                offset = 0.5 * (over + under)
+            else:
+                offset += allocation.correction(offset, estimate, AIM * budget)
+        if under is not None:  # the finest offset seen under the budget, a little smaller
+            coded = allocation.coded(under)
+            if allocation.fixed + sum(c.nbytes for c in coded) <= budget:
+                return under, coded
+        raise OptionError(f"ecsq: the coded size did not settle within 1 % of "
+                          f"ratio={self.ratio:g} ({estimate:.0f} bytes for a budget of "
+                          f"{budget:.0f})")
 
     def _offset(self, model, folded, allocation, budget, held_out):
         """The allocation's offset: as given, for the target size (on the row subsamples), or
