@@ -15,6 +15,8 @@ from rnnshrink.pipeline import Pipeline, parse_step
 from rnnshrink.report import summarize
 from rnnshrink.transforms import Context, Transform
 
+from _models import stack_model
+
 CHARLM = Path(__file__).resolve().parent.parent / "fixtures" / "charlm.pt"
 KERAS2_CHARLM = CHARLM.with_name("keras2_charlm.h5")
 UNIFORM = ["quant:bits=6", "quant:bits=5", "quant:bits=4,group=64", "quant:bits=4,group=32",
@@ -79,7 +81,9 @@ def test_svd_candidates_are_data_aware_and_rerun(model, x):
     assert ratio_and_error(model, again, x) == ratio_and_error(model, compressed, x)
 
 
-def test_default_is_the_entropy_coded_allocation(model, x):
+def test_default_is_the_entropy_coded_allocation():
+    model = stack_model(sizes=(6, 20, 16))
+    x = probe_inputs(model, batch=4, steps=30)[0]
     steps, compressed, trace = search(model, target_ratio=4, x=x)
     assert 4 <= ratio_and_error(model, compressed, x)[0] <= 4.04
     assert [step.spec() for step in steps] == ["ecsq:ratio=4.0"] and trace["evaluations"] == 1
