@@ -206,6 +206,7 @@ class Matrix:
 
     @property
     def count(self):
+        """Codes stored: every entry, or the mask's kept ones."""
         return self.values.size if self.mask is None else int(np.count_nonzero(self.mask))
 
     def codes(self, shape, offset, gptq, rows=None):
