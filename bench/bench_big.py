@@ -1,4 +1,4 @@
-"""Time and peak memory of ``rnnshrink compress --tau`` on a ~100 M-parameter LSTM.
+"""Time and peak memory of ``rnnshrink compress --tau`` and ``--target-ratio`` on a 100 M LSTM.
 
 Not a test: run by hand, prints a table (markdown). In one run it
 
@@ -11,15 +11,21 @@ Not a test: run by hand, prints a table (markdown). In one run it
 2. runs ``python -m rnnshrink compress FILE --tau TAU -o out.h5`` as a subprocess;
 3. runs the baseline as a subprocess: read the same file, full ``numpy.linalg.svd`` of every
    recurrent matrix, the same rank rule (:func:`rnnshrink.transforms.svd.projection_rank`);
+4. runs ``compress FILE --target-ratio R --json`` (the entropy-coded allocation, ``ecsq``) and,
+   as its baseline on the same file, ``compress FILE -t quant:bits=8 --json`` (per-row
+   rounding to 8 bits, fast), and reads the LSTM ratio reached and the output relative error
+   (on compress's own probes) off their summaries;
 
-and prints wall time and peak RSS of each (``os.wait4``: the child's own
-``getrusage(RUSAGE_CHILDREN)`` figure, not a maximum over every child so far), their ratios,
-and the model file's size, so "memory within ~2x the model" can be read off.
+and prints wall time, CPU time (user + system) and peak RSS of each (``os.wait4``: the
+child's own ``getrusage(RUSAGE_CHILDREN)`` figure, not a maximum over every child so far),
+their ratios, and the model file's size, so "memory within ~2x the model" can be read off.
 
     python bench/bench_big.py [--hidden 2500] [--input 2500] [--tau 0.5] [--noise 0.3]
+                              [--target-ratio 8]
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -83,18 +89,24 @@ for layer in model.lstm_layers:
 """
 
 
-def measure(command):
-    """Run ``command``; wall seconds, peak RSS in MB (``os.wait4``), its stdout."""
+def measure(command, summary=False):
+    """Run ``command``; wall seconds, CPU seconds, peak RSS in MB (``os.wait4``) and its stdout
+    (with ``summary``, parsed as compress's JSON summary, stderr kept apart)."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    out = process.stdout.read().decode()
-    _, status, usage = os.wait4(process.pid, 0)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                   stderr=errors if summary else subprocess.STDOUT, cwd=ROOT,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out = process.stdout.read().decode()
+        _, status, usage = os.wait4(process.pid, 0)
+        errors.seek(0)
+        out_errors = errors.read().decode()
     seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
-        sys.exit(f"{' '.join(map(str, command))} failed:\n{out}")
-    return seconds, usage.ru_maxrss / 1024, out  # ru_maxrss is in kB on Linux
+        sys.exit(f"{' '.join(map(str, command))} failed:\n{out}{out_errors}")
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, cpu, usage.ru_maxrss / 1024, json.loads(out) if summary else out  # kB
 
 
 def main():
@@ -103,6 +115,7 @@ def main():
     parser.add_argument("--input", type=int, default=2500)
     parser.add_argument("--tau", type=float, default=0.5)
     parser.add_argument("--noise", type=float, default=0.3)
+    parser.add_argument("--target-ratio", type=float, default=8.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         model = Path(folder) / "big.pt"
@@ -112,19 +125,30 @@ def main():
         size = model.stat().st_size / 2**20
         print(f"model: 2-layer LSTM, hidden {args.hidden}, input {args.input}, {count / 1e6:.1f} M "
               f"parameters, {size:.0f} MB file (built in {built:.1f} s); cores: {os.cpu_count()}\n")
-        t_ours, m_ours, out = measure([sys.executable, "-m", "rnnshrink", "compress", str(model),
-                                       "--tau", str(args.tau), "-o", str(Path(folder) / "out.h5")])
-        t_base, m_base, ranks = measure([sys.executable, "-c", BASELINE, str(model),
-                                         str(args.tau)])
-    print("| run | wall s | peak RSS MB | RSS / file |")
-    print("|---|---|---|---|")
-    print(f"| rnnshrink compress --tau {args.tau} | {t_ours:.1f} | {m_ours:.0f} | "
-          f"{m_ours / size:.2f} |")
-    print(f"| baseline: read + numpy.linalg.svd rank rule | {t_base:.1f} | {m_base:.0f} | "
-          f"{m_base / size:.2f} |")
-    print(f"\ncompress / baseline: time {t_ours / t_base:.2f}x, memory {m_ours / m_base:.2f}x")
+        compress = [sys.executable, "-m", "rnnshrink", "compress", str(model), "-o",
+                    str(Path(folder) / "out.h5"), "--force"]
+        *ours, out = measure(compress + ["--tau", str(args.tau)])
+        *base, ranks = measure([sys.executable, "-c", BASELINE, str(model), str(args.tau)])
+        *coded, coded_summary = measure(compress + ["--target-ratio", str(args.target_ratio),
+                                                    "--json"], summary=True)
+        *rounded, rounded_summary = measure(compress + ["-t", "quant:bits=8", "--json"],
+                                            summary=True)
+    print("| run | wall s | CPU s | peak RSS MB | RSS / file | LSTM ratio | output rel. error |")
+    print("|---|---|---|---|---|---|---|")
+    rows = [(f"rnnshrink compress --tau {args.tau}", ours, None),
+            ("baseline: read + numpy.linalg.svd rank rule", base, None),
+            (f"rnnshrink compress --target-ratio {args.target_ratio:g} (ecsq)", coded,
+             coded_summary),
+            ("baseline: rnnshrink compress -t quant:bits=8 (rounding)", rounded, rounded_summary)]
+    for name, (wall, cpu, peak), summary in rows:
+        quality = (f"{summary['lstm_ratio']:.4f} | {summary['output_rel_error']:.3e}" if summary
+                   else "– | –")
+        print(f"| {name} | {wall:.1f} | {cpu:.1f} | {peak:.0f} | {peak / size:.2f} | {quality} |")
+    print(f"\ncompress --tau / baseline: time {ours[0] / base[0]:.2f}x, memory "
+          f"{ours[2] / base[2]:.2f}x")
     print(f"baseline ranks: {' '.join(ranks.split())}")
-    print("compress output:\n" + out)
+    print("compress --tau output:\n" + out)
+    print("compress --target-ratio notes:\n" + "\n".join(coded_summary["notes"]))
 
 
 if __name__ == "__main__":

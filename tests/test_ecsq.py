@@ -116,9 +116,9 @@ def test_mid_size_model_meets_the_ratio_from_the_row_subsamples(monkeypatch):
     model = _mid_model()
     x = probe_inputs(model, batch=8, steps=40)[0]
     passes = []
-    whole_model_codes = allocation.Allocation.codes
+    whole_model = allocation.Allocation.codes
     monkeypatch.setattr(allocation.Allocation, "codes",
-                        lambda self, offset: passes.append(offset) or whole_model_codes(self, offset))
+                        lambda self, offset: passes.append(offset) or whole_model(self, offset))
     out = EntropyCode(ratio=8, sensitivity="hessian", beta=1.0).apply(model, Context(inputs=x))
     assert 8 <= _ratio(model, out) <= 8 * 1.01
     assert 1 <= len(passes) <= 2  # the search ran on the subsamples: the whole model coded once

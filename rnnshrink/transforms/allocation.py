@@ -206,6 +206,7 @@ class Matrix:
 
     @property
     def count(self):
+        """Codes stored: every entry, or the mask's kept ones."""
         return self.values.size if self.mask is None else int(np.count_nonzero(self.mask))
 
     def codes(self, shape, offset, gptq, rows=None):
@@ -252,9 +253,9 @@ class Matrix:
         :data:`FLOAT32_ENTRIES` entries on), computed once (``H`` is then dropped); None when
         ``H`` is diagonal (one-hot inputs), where GPTQ is rounding."""
         if self.H is not None:
-            dtype = np.float32 if self.values.size >= FLOAT32_ENTRIES else np.float64
-            diagonal = not np.any(self.H - np.diag(np.diag(self.H)))
-            self._cholesky = None if diagonal else inverse_cholesky(self.H).astype(dtype, copy=False)
+            if np.count_nonzero(self.H) > np.count_nonzero(np.diag(self.H)):  # not diagonal
+                dtype = np.float32 if self.values.size >= FLOAT32_ENTRIES else np.float64
+                self._cholesky = inverse_cholesky(self.H).astype(dtype, copy=False)
             self.H = None
         return self._cholesky
 

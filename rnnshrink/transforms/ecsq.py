@@ -179,8 +179,10 @@ class EntropyCode(Transform):
         Each step computes the codes of the whole model and their estimated bytes; only an
         estimate within that band is coded for real (the estimate is within a fraction of a
         percent of the real bytes, and their ratio corrects later estimates). A size outside
-        the band moves the offset by the slope of the sampled size (:meth:`.allocation.Allocation.correction`)
-        toward :data:`AIM` of the budget."""
+        the band moves the offset by the slope of the sampled size
+        (:meth:`.allocation.Allocation.correction`) toward :data:`AIM` of the budget, or, once
+        offsets over and under the budget were seen (a size that jumps, e.g. with escapes),
+        to the middle of the two; failing that, the finest offset seen under the budget."""
         if budget is None:
             return offset, allocation.coded(offset)
         bias, over, under, estimate = 1.0, None, None, None
